@@ -1,0 +1,91 @@
+# copystream -- build, test, demo, bench.
+#
+#   make            build build/copystream
+#   make test       install what is missing, unit tests, then integration tests
+#                   against a real Kafka broker and Redis started for the run
+#   make asan       the same tests with AddressSanitizer + UBSan (build-asan/)
+#   make valgrind   the unit tests under valgrind, failing on any leak or error
+#   make demo       clickstream in, personalized copy out, end to end
+#   make bench      end-to-end throughput against a passthrough ceiling
+#
+# BUILD selects the output folder, SAN adds sanitizer flags; `make asan` sets both.
+
+BUILD   ?= build
+SAN     ?=
+CC      ?= cc
+PKGS    := rdkafka avro-c hiredis openblas jansson libmicrohttpd libxxhash inih
+OPT     ?= -O2
+CFLAGS  ?=
+CFLAGS  += -std=gnu11 $(OPT) -g -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter \
+           -Iinclude $(SAN) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+LDFLAGS += $(SAN)
+
+SRCS     := $(filter-out src/main.c,$(wildcard src/*.c))
+OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+LIB      := $(BUILD)/libcopystream.a
+BIN      := $(BUILD)/copystream
+
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: all deps test unit integration asan valgrind demo bench clean
+
+all: $(BIN) $(UNIT_BINS) $(BENCH_BINS)
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(OBJS)
+	rm -f $@ && ar rcs $@ $^
+
+$(BIN): src/main.c $(LIB)
+	$(CC) $(CFLAGS) -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/testutil.h $(LIB) | $(BUILD)/tests
+	$(CC) $(CFLAGS) -Itests/unit $(shell pkg-config --cflags cmocka) -o $@ $< $(LIB) \
+	    $(LDFLAGS) $(LDLIBS) $(shell pkg-config --libs cmocka)
+
+$(BUILD)/bench/%: bench/%.c $(LIB) | $(BUILD)/bench
+	$(CC) $(CFLAGS) -o $@ $< $(LIB) $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/bench:
+	mkdir -p $@
+
+# Installs Debian packages, the Kafka broker's jars and the Python test tools
+# when they are missing; a no-op on a machine that has them.
+deps:
+	scripts/deps.sh
+
+unit: all
+	scripts/run-unit.sh $(BUILD)
+
+integration: all
+	scripts/run-integration.sh $(BUILD)
+
+test: deps
+	$(MAKE) all
+	scripts/run-unit.sh $(BUILD)
+	scripts/run-integration.sh $(BUILD)
+
+asan: deps
+	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+	scripts/run-unit.sh build-asan
+	scripts/run-integration.sh build-asan
+
+valgrind: deps
+	$(MAKE) all
+	VALGRIND=1 scripts/run-unit.sh $(BUILD)
+
+demo: deps
+	$(MAKE) $(BIN)
+	scripts/demo.sh $(BUILD)
+
+bench: deps
+	$(MAKE) all
+	bench/e2e.sh $(BUILD)
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,23 @@
+/* commands.h -- the subcommands of the copystream binary.
+ *
+ * main.c dispatches `copystream <command> [options]` to one of these with
+ * argv[0] = the command name. Each parses its own options (every command that
+ * talks to Kafka or Redis takes -c/--config FILE, defaulting to
+ * $COPYSTREAM_CONFIG or config/copystream.conf), loads the config with the
+ * process environment, and returns the process exit status:
+ *   0 success, 1 runtime failure (reported on stderr), 2 usage or config error.
+ * None of them calls exit(); main does. */
+#ifndef COPYSTREAM_COMMANDS_H
+#define COPYSTREAM_COMMANDS_H
+
+int run_main(int argc, char **argv);      /* the service (service.c) */
+int topics_main(int argc, char **argv);   /* create the configured topics (topics.c) */
+int tail_main(int argc, char **argv);     /* print copies from the copy topic (tail.c) */
+int loadgen_main(int argc, char **argv);  /* synthetic catalog and clickstream (loadgen.c) */
+int import_main(int argc, char **argv);   /* publish a sequence dataset (import.c) */
+int config_main(int argc, char **argv);   /* print the effective config (main.c) */
+
+/* The config path a command uses when -c is not given. */
+const char *commands_default_config(void);
+
+#endif

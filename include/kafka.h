@@ -1,0 +1,61 @@
+/* kafka.h -- librdkafka clients built from copystream's config.
+ *
+ * Every client copystream makes goes through here, so that kafka.* keys reach
+ * librdkafka the same way everywhere and the settings our delivery guarantee
+ * depends on cannot be overridden by accident: producers are idempotent with
+ * acks=all; consumers never auto-commit and never auto-store offsets, because
+ * the service commits only what is durable.
+ *
+ * Delivery reports: a producer made here counts its outcomes in a
+ * kafka_delivery that the caller owns and that must outlive the producer. The
+ * count is read between rd_kafka_poll()/rd_kafka_flush() calls on the same
+ * thread, so it needs no lock. */
+#ifndef COPYSTREAM_KAFKA_H
+#define COPYSTREAM_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+typedef struct {
+    uint64_t acked;            /* messages the broker acknowledged */
+    uint64_t failed;           /* messages that failed after librdkafka's retries */
+    rd_kafka_resp_err_t last_err;
+    int fatal;                 /* a fatal error was raised (idempotence broken) */
+} kafka_delivery;
+
+/* An idempotent producer (acks=all, enable.idempotence=true) configured from
+ * kafka.* and kafka.producer.*. Its delivery callback counts into *dr; a
+ * message's per-message opaque, when non-NULL, is taken as a kafka_delivery*
+ * and counted there instead, so a caller can track one batch. Returns NULL
+ * with errstr on a bad property. */
+rd_kafka_t *kafka_producer_new(const config *c, kafka_delivery *dr, char *errstr, size_t errlen);
+
+/* A consumer configured from kafka.* and kafka.consumer.*, with group.id
+ * set to group (NULL: keep kafka.group.id), enable.auto.commit=false and
+ * enable.auto.offset.store=false. rebalance_cb may be NULL. opaque is passed to
+ * callbacks. Returns NULL with errstr on error. */
+rd_kafka_t *kafka_consumer_new(const config *c, const char *group,
+                               void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t,
+                                                    rd_kafka_topic_partition_list_t *, void *),
+                               void *opaque, char *errstr, size_t errlen);
+
+/* Produces one message (copies key and value) with optional headers.
+ * Blocks, polling the producer, while its queue is full. Returns 0 or -1
+ * with errstr. */
+int kafka_produce(rd_kafka_t *p, const char *topic, const void *key, size_t key_len,
+                  const void *value, size_t value_len, rd_kafka_headers_t *hdrs,
+                  void *msg_opaque, char *errstr, size_t errlen);
+
+/* Creates the configured topics that do not exist yet: clickstream,
+ * reactions, copy and the dead-letter topic with topic.partitions partitions,
+ * catalog compacted. Existing topics are left alone. Returns 0 or -1. */
+int kafka_create_topics(const config *c, char *errstr, size_t errlen);
+
+/* The number of partitions of a topic, or -1 with errstr. */
+int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms,
+                          char *errstr, size_t errlen);
+
+#endif

@@ -1,0 +1,28 @@
+/* util.h -- the few helpers every module shares: ids hashed to 64 bits, clocks,
+ * and filling an errstr buffer. */
+#ifndef COPYSTREAM_UTIL_H
+#define COPYSTREAM_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* 64-bit XXH3 of a string id. Item, category and attribute ids are kept in
+ * this form in user state, where 8 fixed bytes beat a variable-length string;
+ * at 64 bits a collision among a catalog's ids is not a practical concern. */
+uint64_t util_hash(const char *s);
+uint64_t util_hash_bytes(const void *p, size_t len);
+
+int64_t util_now_ms(void);          /* wall clock, Unix epoch ms */
+int64_t util_monotonic_us(void);    /* for measuring durations */
+
+/* printf into errstr (if errstr and errlen are non-zero); returns -1 so that
+ * callers can write `return util_err(errstr, errlen, "...", ...);`. */
+int util_err(char *errstr, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* strdup that treats NULL as NULL. */
+char *util_strdup(const char *s);
+
+#define UTIL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif
