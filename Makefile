@@ -16,6 +16,8 @@ CC      ?= cc
 PKGS    := rdkafka avro-c hiredis openblas jansson libmicrohttpd libxxhash inih
 OPT     ?= -O2
 CFLAGS  ?=
+VERSION := 0.1.0
+CFLAGS  += -DCOPYSTREAM_VERSION='"$(VERSION)"'
 CFLAGS  += -std=gnu11 $(OPT) -g -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter \
            -Iinclude $(SAN) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread

@@ -10,6 +10,8 @@
 #ifndef COPYSTREAM_COMMANDS_H
 #define COPYSTREAM_COMMANDS_H
 
+#include <stddef.h>
+
 int run_main(int argc, char **argv);      /* the service (service.c) */
 int topics_main(int argc, char **argv);   /* create the configured topics (topics.c) */
 int tail_main(int argc, char **argv);     /* print copies from the copy topic (tail.c) */
@@ -19,5 +21,13 @@ int config_main(int argc, char **argv);   /* print the effective config (main.c)
 
 /* The config path a command uses when -c is not given. */
 const char *commands_default_config(void);
+
+struct config;
+struct codec;
+/* Loads the config at path with the process environment and applies
+ * log.level; NULL with the reason printed to stderr. */
+struct config *commands_load_config(const char *path);
+/* A codec for the schema directory and id table of the config. */
+struct codec *commands_codec_new(const struct config *c, char *errstr, size_t errlen);
 
 #endif

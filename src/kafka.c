@@ -17,6 +17,7 @@
 
 typedef struct {
     rd_kafka_conf_t *conf;
+    const char *client;
     char *errstr;
     size_t errlen;
     int failed;
@@ -33,6 +34,11 @@ static int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *v
 static void kafka_conf_user_kv(const char *name, const char *value, void *ud) {
     kafka_conf_ctx *ctx = ud;
     if (ctx->failed) return;
+    /* kafka.group.id is shared config for convenience, but a producer given
+     * one only warns about it. */
+    if (strcmp(ctx->client, "producer") == 0 &&
+        (strcmp(name, "group.id") == 0 || strcmp(name, "group.instance.id") == 0))
+        return;
     if (kafka_conf_set(ctx->conf, name, value, ctx->errstr, ctx->errlen) < 0) ctx->failed = 1;
 }
 
@@ -81,7 +87,7 @@ static rd_kafka_conf_t *kafka_conf_build(const config *c, const char *client,
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     for (size_t i = 0; defaults[i]; i += 2)
         if (kafka_conf_set(conf, defaults[i], defaults[i + 1], errstr, errlen) < 0) goto err;
-    kafka_conf_ctx ctx = {conf, errstr, errlen, 0};
+    kafka_conf_ctx ctx = {conf, client, errstr, errlen, 0};
     config_kafka_each(c, client, kafka_conf_user_kv, &ctx);
     if (ctx.failed) goto err;
     for (size_t i = 0; forced[i]; i += 2)

@@ -1,0 +1,1348 @@
+/* service.c -- `copystream run`: clickstream in, user state in Redis,
+ * personalized copy out.
+ *
+ * One processing thread runs a loop of batches. A batch is what one
+ * consumer-group member polled within batch.max_wait_ms (at most
+ * batch.max_events messages from clickstream and reactions). For each batch:
+ *
+ *   1. decode; what cannot be decoded goes to the dead-letter topic with the
+ *      reason and its source position in headers;
+ *   2. group by user; take owned users' state from the in-process cache and
+ *      read the rest from Redis (one pipelined round trip);
+ *   3. apply each user's inputs in offset order (userstate.c decides what is
+ *      new, redelivered or an upstream duplicate) and, for events that
+ *      trigger copy, pick items (strategy.c), render text (template.c) and
+ *      encode the copy into the user's outbox;
+ *   4. write every changed user with one compare-and-set script call each,
+ *      all in one pipelined round trip (store.c): state, watermark and outbox
+ *      land atomically per user;
+ *   5. publish the copies (new ones, and outbox copies of redelivered events,
+ *      byte for byte) and the dead letters, and wait for the broker's acks;
+ *   6. commit the batch's offsets; then drop the outbox copies the commit
+ *      covers (piggybacked on the next batch's round trip).
+ *
+ * If anything fails before the commit, the consumer is rewound to the
+ * batch's first offsets and the batch runs again later: Redis already holds
+ * whatever was written, the watermarks turn the re-applied events into
+ * no-ops, and the outbox republishes the copies they caused. Nothing is lost,
+ * nothing counts twice, and a copy may be published twice only with the same
+ * bytes (at-least-once). See docs/ARCHITECTURE.md.
+ *
+ * The catalog is read by a second consumer that is not part of the group:
+ * every instance needs every item, like a global table. It is read to the
+ * end at start-up and followed between batches. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache.h"
+#include "catalog.h"
+#include "codec.h"
+#include "commands.h"
+#include "config.h"
+#include "dict.h"
+#include "httpd.h"
+#include "kafka.h"
+#include "log.h"
+#include "metrics.h"
+#include "store.h"
+#include "strategy.h"
+#include "template.h"
+#include "userstate.h"
+#include "util.h"
+
+#define SVC_MAX_WRITE_ATTEMPTS 8
+#define SVC_INTENT "recommendation"
+#define SVC_STRATEGY "affinity"
+
+enum { SVC_CLICK = 1, SVC_REACTION, SVC_DEAD };
+
+typedef struct svc_user svc_user;
+
+typedef struct svc_item {
+    rd_kafka_message_t *msg;  /* owned until the batch ends */
+    int64_t polled_us;
+    int kind;                 /* SVC_* ; 0 until decoded */
+    click_event click;        /* when kind == SVC_CLICK */
+    reaction rx;              /* when kind == SVC_REACTION */
+    svc_user *user;
+    struct svc_item *next;    /* the user's next item in this batch */
+    int outcome;              /* US_* of the last apply */
+    int publish;              /* its outbox copy is published after the write */
+    int suppressed;           /* MET_SUPPRESSED_* + 1, or 0 */
+} svc_item;
+
+struct svc_user {
+    const char *user_id;      /* borrowed from its first item's record */
+    user_state st;
+    int have_state;
+    int32_t part[2];          /* last partition seen per US_TOPIC_* */
+    svc_item *first, *last;
+    int conflict;
+};
+
+/* An outbox copy in Redis that this instance will delete once the offsets
+ * covering it are committed. */
+typedef struct {
+    char *user_id;
+    int32_t partition;
+    int64_t offset;
+} svc_outbox_ref;
+
+/* One (topic, partition) this member is assigned. */
+typedef struct {
+    char *topic;
+    int32_t partition;
+    int eof;
+} svc_assigned;
+
+typedef struct {
+    int topic;                /* index into svc.topics */
+    int32_t partition;
+    int64_t min, max;         /* offsets seen in this batch */
+} svc_span;
+
+typedef struct svc {
+    const config *cfg;
+    /* settings */
+    userstate_params up;
+    unsigned trigger_mask;
+    int64_t min_interval_ms;
+    size_t copy_items, max_reasons;
+    char **locales;
+    size_t n_locales;
+    const char *default_locale;
+    size_t batch_max;
+    int batch_wait_ms;
+    int64_t shutdown_ms;
+    int64_t exit_when_idle_ms;
+    const char *t_click, *t_react, *t_copy, *t_dlq, *t_catalog;
+    /* parts */
+    codec *codec;
+    catalog *catalog;
+    templates *tpl;
+    store *store;
+    cache *cache;
+    rd_kafka_t *consumer, *catalog_consumer, *producer;
+    kafka_delivery dr;        /* producer-wide delivery counts */
+    httpd *http;
+    /* the batch */
+    svc_item *items;          /* [n_items], capacity batch_max */
+    size_t n_items;
+    svc_user *users;          /* [n_users], capacity batch_max */
+    size_t n_users;
+    dict *user_index;         /* user id -> svc_user* */
+    store_write *writes;      /* scratch, capacity batch_max */
+    user_state **load_states; /* scratch */
+    const char **load_ids;
+    svc_span *spans;
+    size_t n_spans, cap_spans;
+    kafka_delivery batch_dr;
+    uint64_t batch_expected;
+    buf scratch, text;
+    /* outbox copies awaiting a covering commit, and purges to send */
+    svc_outbox_ref *refs;
+    size_t n_refs, cap_refs;
+    char **purge_users;       /* [n_purges] */
+    char (**purge_fields)[48];/* [n_purges] arrays of field names */
+    size_t *purge_nfields;
+    size_t n_purges, cap_purges;
+    int64_t *committed;       /* next offset to consume, by clickstream partition */
+    size_t n_committed;
+    /* assignment */
+    svc_assigned *assigned;
+    size_t n_assigned, cap_assigned;
+    int64_t last_activity_us;
+    int64_t last_lag_us;
+    int backoff_ms;
+    /* health, read by the HTTP thread */
+    atomic_int redis_ok;
+    atomic_int kafka_ok;
+    atomic_int ready;
+} svc;
+
+static volatile sig_atomic_t svc_stop_requested;
+
+static void svc_on_signal(int sig) {
+    (void)sig;
+    svc_stop_requested = 1;
+}
+
+/* ---- settings ------------------------------------------------------------- */
+
+/* Splits a comma list into a NULL-terminated array of strings (one block). */
+static char **svc_split(const char *list, size_t *n) {
+    size_t count = 1;
+    for (const char *p = list; *p; p++) count += *p == ',';
+    char **v = calloc(count + 1, sizeof *v);
+    char *copy = strdup(list);
+    if (!v || !copy) {
+        free(v);
+        free(copy);
+        return NULL;
+    }
+    size_t k = 0;
+    for (char *save = NULL, *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+        v[k++] = tok;
+    if (k == 0) free(copy); /* v[0] owns the block otherwise */
+    *n = k;
+    return v;
+}
+
+static void svc_free_split(char **v) {
+    if (!v) return;
+    free(v[0]);
+    free(v);
+}
+
+static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
+    s->cfg = c;
+    userstate_params_default(&s->up);
+    s->up.max_sequence = (size_t)config_int(c, "state.sequence_length");
+    s->up.max_categories = (size_t)config_int(c, "state.max_categories");
+    s->up.max_attributes = (size_t)config_int(c, "state.max_attributes");
+    s->up.max_bought = (size_t)config_int(c, "state.max_bought");
+    s->up.half_life_s = config_double(c, "affinity.half_life_s");
+    for (int t = 0; t < EV__COUNT; t++) {
+        char key[64];
+        snprintf(key, sizeof key, "affinity.weight.%s", event_type_name((event_type)t));
+        s->up.weight[t] = (float)config_double(c, key);
+    }
+    s->up.dedup_window_ms = config_int(c, "dedup.window_s") * 1000;
+    s->up.dedup_max_ids = (size_t)config_int(c, "dedup.max_ids");
+
+    size_t n;
+    char **types = svc_split(config_str(c, "copy.trigger_types"), &n);
+    if (!types) return util_err(errstr, errlen, "out of memory");
+    for (size_t i = 0; i < n; i++) s->trigger_mask |= 1u << event_type_parse(types[i]);
+    svc_free_split(types);
+    s->min_interval_ms = config_int(c, "copy.min_interval_s") * 1000;
+    s->copy_items = (size_t)config_int(c, "copy.items");
+    s->max_reasons = (size_t)config_int(c, "copy.max_reasons");
+    if (s->copy_items > STRATEGY_MAX_PICKS) s->copy_items = STRATEGY_MAX_PICKS;
+    if (s->max_reasons > STRATEGY_MAX_REASONS) s->max_reasons = STRATEGY_MAX_REASONS;
+    if (!(s->locales = svc_split(config_str(c, "copy.locales"), &s->n_locales)))
+        return util_err(errstr, errlen, "out of memory");
+    s->default_locale = config_str(c, "copy.default_locale");
+    s->batch_max = (size_t)config_int(c, "batch.max_events");
+    s->batch_wait_ms = (int)config_int(c, "batch.max_wait_ms");
+    s->shutdown_ms = config_int(c, "shutdown.timeout_s") * 1000;
+    s->t_click = config_str(c, "topic.clickstream");
+    s->t_react = config_str(c, "topic.reactions");
+    s->t_copy = config_str(c, "topic.copy");
+    s->t_dlq = config_str(c, "topic.dead_letter");
+    s->t_catalog = config_str(c, "topic.catalog");
+    if (strcmp(config_str(c, "processing.guarantee"), "at_least_once") != 0)
+        return util_err(errstr, errlen,
+                        "processing.guarantee: %s is not available in this release; "
+                        "use at_least_once",
+                        config_str(c, "processing.guarantee"));
+    return 0;
+}
+
+/* ---- health --------------------------------------------------------------- */
+
+static int svc_health(void *ud, buf *msg) {
+    svc *s = ud;
+    int ready = atomic_load(&s->ready), redis = atomic_load(&s->redis_ok),
+        kafka = atomic_load(&s->kafka_ok);
+    buf_printf(msg, "ready=%d redis=%s kafka=%s\n", ready, redis ? "ok" : "failing",
+               kafka ? "ok" : "failing");
+    return ready && redis && kafka;
+}
+
+/* ---- assignment bookkeeping ----------------------------------------------- */
+
+static svc_assigned *svc_find_assigned(svc *s, const char *topic, int32_t partition) {
+    for (size_t i = 0; i < s->n_assigned; i++)
+        if (s->assigned[i].partition == partition && strcmp(s->assigned[i].topic, topic) == 0)
+            return &s->assigned[i];
+    return NULL;
+}
+
+static void svc_add_assigned(svc *s, const char *topic, int32_t partition) {
+    if (svc_find_assigned(s, topic, partition)) return;
+    if (s->n_assigned == s->cap_assigned) {
+        size_t cap = s->cap_assigned ? s->cap_assigned * 2 : 16;
+        svc_assigned *v = realloc(s->assigned, cap * sizeof *v);
+        if (!v) return; /* only EOF/lag bookkeeping is lost */
+        s->assigned = v;
+        s->cap_assigned = cap;
+    }
+    s->assigned[s->n_assigned++] = (svc_assigned){strdup(topic), partition, 0};
+}
+
+static void svc_remove_assigned(svc *s, const char *topic, int32_t partition) {
+    svc_assigned *a = svc_find_assigned(s, topic, partition);
+    if (!a) return;
+    free(a->topic);
+    *a = s->assigned[--s->n_assigned];
+}
+
+static uint8_t svc_topic_kind(const svc *s, const char *topic) {
+    return strcmp(topic, s->t_react) == 0 ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM;
+}
+
+/* ---- outbox references and purges ----------------------------------------- */
+
+static void svc_add_ref(svc *s, const char *user_id, int32_t partition, int64_t offset) {
+    if (s->n_refs == s->cap_refs) {
+        size_t cap = s->cap_refs ? s->cap_refs * 2 : 256;
+        svc_outbox_ref *v = realloc(s->refs, cap * sizeof *v);
+        if (!v) return; /* the copy then lives until the user's TTL */
+        s->refs = v;
+        s->cap_refs = cap;
+    }
+    char *id = strdup(user_id);
+    if (!id) return;
+    s->refs[s->n_refs++] = (svc_outbox_ref){id, partition, offset};
+}
+
+static int64_t svc_committed(const svc *s, int32_t partition) {
+    return partition >= 0 && (size_t)partition < s->n_committed ? s->committed[partition] : -1;
+}
+
+static void svc_set_committed(svc *s, int32_t partition, int64_t next_offset) {
+    if (partition < 0) return;
+    if ((size_t)partition >= s->n_committed) {
+        size_t n = (size_t)partition + 1;
+        int64_t *v = realloc(s->committed, n * sizeof *v);
+        if (!v) return;
+        for (size_t i = s->n_committed; i < n; i++) v[i] = -1;
+        s->committed = v;
+        s->n_committed = n;
+    }
+    if (next_offset > s->committed[partition]) s->committed[partition] = next_offset;
+}
+
+/* Queues an HDEL of one outbox field for the next round trip. */
+static void svc_queue_purge(svc *s, const char *user_id, int32_t partition, int64_t offset) {
+    size_t i = 0;
+    while (i < s->n_purges && strcmp(s->purge_users[i], user_id) != 0) i++;
+    if (i == s->n_purges) {
+        if (s->n_purges == s->cap_purges) {
+            size_t cap = s->cap_purges ? s->cap_purges * 2 : 64;
+            char **u = realloc(s->purge_users, cap * sizeof *u);
+            if (u) s->purge_users = u;
+            char(**f)[48] = realloc(s->purge_fields, cap * sizeof *f);
+            if (f) s->purge_fields = f;
+            size_t *nf = realloc(s->purge_nfields, cap * sizeof *nf);
+            if (nf) s->purge_nfields = nf;
+            if (!u || !f || !nf) return;
+            s->cap_purges = cap;
+        }
+        if (!(s->purge_users[i] = strdup(user_id))) return;
+        s->purge_fields[i] = NULL;
+        s->purge_nfields[i] = 0;
+        s->n_purges++;
+    }
+    char(*f)[48] = realloc(s->purge_fields[i], (s->purge_nfields[i] + 1) * sizeof *f);
+    if (!f) return;
+    s->purge_fields[i] = f;
+    userstate_outbox_field(partition, offset, f[s->purge_nfields[i]++]);
+}
+
+static void svc_clear_purges(svc *s) {
+    for (size_t i = 0; i < s->n_purges; i++) {
+        free(s->purge_users[i]);
+        free(s->purge_fields[i]);
+    }
+    s->n_purges = 0;
+}
+
+/* Moves every outbox reference that the committed offsets now cover into the
+ * purge queue and trims the cached states that still hold those copies. */
+static void svc_refs_committed(svc *s) {
+    size_t keep = 0;
+    for (size_t i = 0; i < s->n_refs; i++) {
+        svc_outbox_ref *r = &s->refs[i];
+        int64_t c = svc_committed(s, r->partition);
+        if (c >= 0 && r->offset < c) {
+            svc_queue_purge(s, r->user_id, r->partition, r->offset);
+            user_state *st = cache_peek(s->cache, r->user_id);
+            if (st) userstate_outbox_trim(st, r->partition, c);
+            free(r->user_id);
+            continue;
+        }
+        s->refs[keep++] = *r;
+    }
+    s->n_refs = keep;
+}
+
+/* Drops references of a partition this instance no longer owns: its new
+ * owner finds those copies when it loads the users, and purges them after
+ * its own commits. */
+static void svc_refs_drop_partition(svc *s, int32_t partition) {
+    size_t keep = 0;
+    for (size_t i = 0; i < s->n_refs; i++) {
+        if (s->refs[i].partition == partition) {
+            free(s->refs[i].user_id);
+            continue;
+        }
+        s->refs[keep++] = s->refs[i];
+    }
+    s->n_refs = keep;
+}
+
+/* Builds the store_purge views of the queue; returns how many. */
+static size_t svc_purge_views(svc *s, store_purge **out) {
+    if (!s->n_purges) {
+        *out = NULL;
+        return 0;
+    }
+    store_purge *p = calloc(s->n_purges, sizeof *p);
+    const char ***names = calloc(s->n_purges, sizeof *names);
+    if (!p || !names) {
+        free(p);
+        free(names);
+        *out = NULL;
+        return 0;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_purges; i++) {
+        names[i] = malloc(s->purge_nfields[i] * sizeof **names);
+        if (!names[i]) continue;
+        for (size_t k = 0; k < s->purge_nfields[i]; k++) names[i][k] = s->purge_fields[i][k];
+        p[n++] = (store_purge){s->purge_users[i], names[i], s->purge_nfields[i]};
+    }
+    free(names); /* the arrays stay reachable through p[i].fields */
+    *out = p;
+    return n;
+}
+
+static void svc_free_purge_views(store_purge *p, size_t n) {
+    for (size_t i = 0; i < n; i++) free((void *)p[i].fields);
+    free(p);
+}
+
+/* Sends queued purges on their own round trip (when idle, or before giving
+ * up partitions). Failures keep them queued. */
+static void svc_flush_purges(svc *s) {
+    if (!s->n_purges) return;
+    store_purge *p;
+    size_t np = svc_purge_views(s, &p);
+    char err[512];
+    store_status st = store_write_batch(s->store, NULL, 0, p, np, err, sizeof err);
+    svc_free_purge_views(p, np);
+    metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
+    if (st == STORE_OK) {
+        svc_clear_purges(s);
+    } else {
+        metrics_inc(MET_REDIS_ERR_CONNECTION, 1);
+        log_warn("service", "deleting committed outbox copies: %s (will retry)", err);
+    }
+}
+
+/* ---- decoding and dead letters ------------------------------------------- */
+
+static void svc_header_i64(rd_kafka_headers_t *h, const char *name, int64_t v) {
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%" PRId64, v);
+    rd_kafka_header_add(h, name, -1, tmp, n);
+}
+
+/* Produces the message of item it to the dead-letter topic, unchanged, with
+ * headers saying why and where it came from. Returns 0 or -1. */
+static int svc_dead_letter(svc *s, svc_item *it, codec_status why, const char *detail) {
+    const rd_kafka_message_t *m = it->msg;
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    const char *reason = codec_status_name(why);
+    rd_kafka_header_add(h, "copystream.error", -1, reason, -1);
+    rd_kafka_header_add(h, "copystream.error.detail", -1, detail, -1);
+    rd_kafka_header_add(h, "copystream.source.topic", -1, rd_kafka_topic_name(m->rkt), -1);
+    svc_header_i64(h, "copystream.source.partition", m->partition);
+    svc_header_i64(h, "copystream.source.offset", m->offset);
+    svc_header_i64(h, "copystream.source.timestamp", rd_kafka_message_timestamp(m, NULL));
+    char err[512];
+    if (kafka_produce(s->producer, s->t_dlq, m->key, m->key_len, m->payload, m->len, h,
+                      &s->batch_dr, err, sizeof err) < 0) {
+        rd_kafka_headers_destroy(h); /* not taken over on failure */
+        log_error("service", "dead-lettering %s[%" PRId32 "]@%" PRId64 ": %s",
+                  rd_kafka_topic_name(m->rkt), m->partition, m->offset, err);
+        return -1;
+    }
+    s->batch_expected++;
+    log_warn("service", "dead-lettered %s[%" PRId32 "]@%" PRId64 ": %s: %s",
+             rd_kafka_topic_name(m->rkt), m->partition, m->offset, reason, detail);
+    return 0;
+}
+
+static int svc_decode(svc *s, svc_item *it) {
+    const rd_kafka_message_t *m = it->msg;
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    char why[256] = "";
+    codec_status st;
+    if (strcmp(topic, s->t_react) == 0) {
+        st = codec_decode_reaction(s->codec, m->payload, m->len, &it->rx, why, sizeof why);
+        if (st == CODEC_OK) it->kind = SVC_REACTION;
+    } else {
+        st = codec_decode_click(s->codec, m->payload, m->len, &it->click, why, sizeof why);
+        if (st == CODEC_OK) it->kind = SVC_CLICK;
+    }
+    if (st == CODEC_OK) return 0;
+    it->kind = SVC_DEAD;
+    metrics_inc_dead_letter(st, 1);
+    return svc_dead_letter(s, it, st, why[0] ? why : codec_status_name(st));
+}
+
+/* ---- applying a user's inputs --------------------------------------------- */
+
+static const char *svc_locale(const svc *s, const char *user_locale) {
+    for (size_t i = 0; user_locale[0] && i < s->n_locales; i++)
+        if (strcmp(s->locales[i], user_locale) == 0) return s->locales[i];
+    return s->default_locale;
+}
+
+/* Builds the copy caused by click item it and puts it in the user's outbox.
+ * Returns 1 when a copy was made, 0 when none should be (it->suppressed
+ * says why), -1 when memory runs out. */
+static int svc_make_copy(svc *s, svc_user *u, svc_item *it) {
+    const click_event *e = &it->click;
+    const char *locale = svc_locale(s, u->st.locale);
+    strategy_params sp = {
+        .k = s->copy_items,
+        .max_reasons = s->max_reasons,
+        .at_s = (uint32_t)(e->ts_ms / 1000),
+        .half_life_s = s->up.half_life_s,
+        .locale = locale,
+        .exclude_item = e->item_id && e->item_id[0] ? util_hash(e->item_id) : 0,
+    };
+    strategy_result r;
+    int n = strategy_affinity(s->catalog, &u->st, &sp, &r);
+    if (n < 0) return -1;
+    if (n == 0) {
+        it->suppressed = MET_SUPPRESSED_NO_CANDIDATES + 1;
+        return 0;
+    }
+    promoted_item items[STRATEGY_MAX_PICKS];
+    copy_reason reasons[STRATEGY_MAX_REASONS], shown[STRATEGY_MAX_REASONS];
+    size_t n_shown = 0;
+    for (size_t i = 0; i < r.n_picks; i++) {
+        const catalog_item *ci = &r.picks[i].entry->item;
+        items[i] = (promoted_item){
+            .item_id = ci->item_id,
+            .title = (char *)r.picks[i].title,
+            .score = r.picks[i].score,
+            .has_price = ci->has_price,
+            .price_micros = ci->price_micros,
+            .currency = ci->currency,
+        };
+    }
+    for (size_t i = 0; i < r.n_reasons; i++) {
+        reasons[i] = (copy_reason){
+            .code = (char *)r.reasons[i].code,
+            .attribute_id = (char *)r.reasons[i].attribute_id,
+            .text = (char *)r.reasons[i].text,
+            .score = r.reasons[i].score,
+        };
+        /* A category reason has no phrase: the template's fallback speaks for it. */
+        if (r.reasons[i].text && r.reasons[i].text[0]) shown[n_shown++] = reasons[i];
+    }
+    template_input in = {items, r.n_picks, shown, n_shown};
+    const char *template_id = NULL, *variant_id = NULL;
+    char why[256];
+    buf_reset(&s->text);
+    if (templates_render(s->tpl, SVC_INTENT, locale, util_hash(e->event_id), &in, &s->text,
+                         &template_id, &variant_id, why, sizeof why) < 0) {
+        log_warn("service", "no copy for event %s of user %s: %s", e->event_id, u->user_id, why);
+        it->suppressed = MET_SUPPRESSED_RENDER_ERROR + 1;
+        return 0;
+    }
+    char copy_id[256];
+    const rd_kafka_message_t *m = it->msg;
+    snprintf(copy_id, sizeof copy_id, "%s:%" PRId32 ":%" PRId64, rd_kafka_topic_name(m->rkt),
+             m->partition, m->offset);
+    personalized_copy pc = {
+        .copy_id = copy_id,
+        .user_id = (char *)u->user_id,
+        .source_event_id = e->event_id,
+        .source_topic = (char *)rd_kafka_topic_name(m->rkt),
+        .source_partition = m->partition,
+        .source_offset = m->offset,
+        .locale = (char *)locale,
+        .text = s->text.p,
+        .items = items,
+        .n_items = r.n_picks,
+        .reasons = reasons,
+        .n_reasons = r.n_reasons,
+        .intent = SVC_INTENT,
+        .template_id = (char *)template_id,
+        .variant_id = (char *)variant_id,
+        .strategy = SVC_STRATEGY,
+        .model_version = NULL,
+        .created_ms = util_now_ms(),
+    };
+    buf_reset(&s->scratch);
+    if (codec_encode_copy(s->codec, &pc, &s->scratch, why, sizeof why) < 0) {
+        log_error("service", "encoding copy %s: %s", copy_id, why);
+        it->suppressed = MET_SUPPRESSED_RENDER_ERROR + 1;
+        return 0;
+    }
+    if (userstate_outbox_add(&u->st, m->partition, m->offset, s->scratch.p, s->scratch.len) < 0)
+        return -1;
+    u->st.last_copy_ms = e->ts_ms;
+    u->st.dirty |= US_DIRTY_META;
+    return 1;
+}
+
+/* Applies the user's items, in order, to u->st. Returns 0 or -1 (memory). */
+static int svc_apply_user(svc *s, svc_user *u) {
+    for (svc_item *it = u->first; it; it = it->next) {
+        const rd_kafka_message_t *m = it->msg;
+        it->publish = 0;
+        it->suppressed = 0;
+        if (it->kind == SVC_REACTION) {
+            int r = userstate_apply_reaction(&u->st, &s->up, &it->rx, m->partition, m->offset);
+            if (r < 0) return -1;
+            it->outcome = r;
+            continue;
+        }
+        const click_event *e = &it->click;
+        const catalog_entry *ce =
+            e->item_id && e->item_id[0] ? catalog_get(s->catalog, util_hash(e->item_id)) : NULL;
+        int r = userstate_apply_click(&u->st, &s->up, e, ce ? ce->attr_hashes : NULL,
+                                      ce ? ce->item.n_attrs : 0, m->partition, m->offset);
+        if (r < 0) return -1;
+        it->outcome = r;
+        if (r == US_ALREADY_APPLIED) {
+            /* Applied before a crash or a failed batch: if it caused a copy,
+             * that copy is still in the outbox and goes out again, as is. */
+            it->publish = userstate_outbox_find(&u->st, m->partition, m->offset) != NULL;
+            continue;
+        }
+        if (r != US_APPLIED || !(s->trigger_mask & (1u << e->type))) continue;
+        if (u->st.last_copy_ms && e->ts_ms - u->st.last_copy_ms < s->min_interval_ms) {
+            it->suppressed = MET_SUPPRESSED_MIN_INTERVAL + 1;
+            continue;
+        }
+        int made = svc_make_copy(s, u, it);
+        if (made < 0) return -1;
+        it->publish = made;
+    }
+    return 0;
+}
+
+/* ---- the batch -------------------------------------------------------------- */
+
+static svc_span *svc_span_for(svc *s, const rd_kafka_message_t *m) {
+    const char *topic = rd_kafka_topic_name(m->rkt);
+    int t = strcmp(topic, s->t_react) == 0 ? 1 : 0;
+    for (size_t i = 0; i < s->n_spans; i++)
+        if (s->spans[i].topic == t && s->spans[i].partition == m->partition) return &s->spans[i];
+    if (s->n_spans == s->cap_spans) {
+        size_t cap = s->cap_spans ? s->cap_spans * 2 : 16;
+        svc_span *v = realloc(s->spans, cap * sizeof *v);
+        if (!v) return NULL;
+        s->spans = v;
+        s->cap_spans = cap;
+    }
+    svc_span *sp = &s->spans[s->n_spans++];
+    *sp = (svc_span){t, m->partition, m->offset, m->offset};
+    return sp;
+}
+
+static const char *svc_span_topic(const svc *s, const svc_span *sp) {
+    return sp->topic ? s->t_react : s->t_click;
+}
+
+/* Frees the batch's messages, records and states. keep_states: return the
+ * states to the cache (after success) instead of dropping them. */
+static void svc_end_batch(svc *s, int keep_states) {
+    for (size_t i = 0; i < s->n_users; i++) {
+        svc_user *u = &s->users[i];
+        if (keep_states && u->have_state)
+            cache_put(s->cache, u->user_id, &u->st, u->part[US_TOPIC_CLICKSTREAM],
+                      u->part[US_TOPIC_REACTIONS]);
+        else
+            userstate_clear(&u->st);
+    }
+    for (size_t i = 0; i < s->n_items; i++) {
+        click_event_clear(&s->items[i].click);
+        reaction_clear(&s->items[i].rx);
+        rd_kafka_message_destroy(s->items[i].msg);
+    }
+    metrics_set(MET_STATE_CACHE_BYTES, (int64_t)cache_bytes(s->cache));
+    s->n_items = s->n_users = s->n_spans = 0;
+    dict_clear(s->user_index);
+}
+
+/* Rewinds the consumer to the first offset of every partition in the batch,
+ * so that the batch is fetched and processed again. */
+static void svc_rewind(svc *s) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_spans);
+    for (size_t i = 0; i < s->n_spans; i++) {
+        const svc_span *sp = &s->spans[i];
+        if (!svc_find_assigned(s, svc_span_topic(s, sp), sp->partition)) continue;
+        rd_kafka_topic_partition_list_add(l, svc_span_topic(s, sp), sp->partition)->offset =
+            sp->min;
+    }
+    if (l->cnt) {
+        rd_kafka_error_t *e = rd_kafka_seek_partitions(s->consumer, l, 10000);
+        if (e) {
+            log_error("service", "rewinding after a failed batch: %s", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        }
+        for (int i = 0; i < l->cnt; i++)
+            if (l->elems[i].err)
+                log_error("service", "rewinding %s[%" PRId32 "]: %s", l->elems[i].topic,
+                          l->elems[i].partition, rd_kafka_err2str(l->elems[i].err));
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Loads from Redis the states of the users that have none yet. */
+static store_status svc_load_missing(svc *s, char *err, size_t errlen) {
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_users; i++) {
+        svc_user *u = &s->users[i];
+        if (u->have_state) continue;
+        userstate_init(&u->st);
+        s->load_ids[n] = u->user_id;
+        s->load_states[n++] = &u->st;
+    }
+    if (!n) return STORE_OK;
+    store_status st = store_load(s->store, s->load_ids, s->load_states, n, err, errlen);
+    metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
+    if (st != STORE_OK) return st;
+    for (size_t i = 0; i < s->n_users; i++) {
+        svc_user *u = &s->users[i];
+        if (u->have_state) continue;
+        u->have_state = 1;
+        /* Copies left by an earlier owner or a crash: purge them once a
+         * commit of ours covers their positions. */
+        for (size_t k = 0; k < u->st.n_outbox; k++)
+            svc_add_ref(s, u->user_id, u->st.outbox[k].partition, u->st.outbox[k].offset);
+    }
+    return STORE_OK;
+}
+
+static void svc_count_store_error(store_status st) {
+    metrics_inc(st == STORE_RETRY ? MET_REDIS_ERR_CONNECTION : MET_REDIS_ERR_REPLY, 1);
+}
+
+/* Waits until every message of this batch is acknowledged or failed. */
+static int svc_wait_acks(svc *s) {
+    int64_t deadline = util_monotonic_us() + 180 * 1000000LL;
+    while (s->batch_dr.acked + s->batch_dr.failed < s->batch_expected) {
+        rd_kafka_poll(s->producer, 5);
+        if (util_monotonic_us() > deadline) {
+            log_error("service", "no delivery report for %" PRIu64 " messages after 180 s",
+                      s->batch_expected - s->batch_dr.acked - s->batch_dr.failed);
+            return -1;
+        }
+    }
+    if (s->batch_dr.failed) {
+        log_error("service", "%" PRIu64 " messages of the batch were not delivered: %s",
+                  s->batch_dr.failed, rd_kafka_err2str(s->batch_dr.last_err));
+        metrics_inc(MET_KAFKA_ERR_PRODUCE, s->batch_dr.failed);
+        return -1;
+    }
+    return 0;
+}
+
+/* Replaces a producer that hit a fatal error (an idempotence sequence gap
+ * that librdkafka cannot repair). What it had not delivered belongs to a
+ * batch that failed and will run again, so nothing is lost. */
+static int svc_renew_producer(svc *s) {
+    char err[512];
+    log_warn("service", "recreating the producer after a fatal error");
+    metrics_inc(MET_KAFKA_ERR_FATAL, 1);
+    rd_kafka_purge(s->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_poll(s->producer, 0);
+    rd_kafka_destroy(s->producer);
+    memset(&s->dr, 0, sizeof s->dr);
+    s->producer = kafka_producer_new(s->cfg, &s->dr, err, sizeof err);
+    if (!s->producer) {
+        log_error("service", "cannot recreate the producer: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Commits the batch's offsets. Returns 0 or -1 (offsets stay uncommitted;
+ * the next commit covers them). */
+static int svc_commit(svc *s) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_spans);
+    for (size_t i = 0; i < s->n_spans; i++)
+        rd_kafka_topic_partition_list_add(l, svc_span_topic(s, &s->spans[i]),
+                                          s->spans[i].partition)->offset = s->spans[i].max + 1;
+    rd_kafka_resp_err_t err = rd_kafka_commit(s->consumer, l, 0 /* sync */);
+    int rc = 0;
+    if (err) {
+        /* During a rebalance the coordinator refuses commits; the revoke
+         * callback commits what is being given up. Nothing is lost: the
+         * offsets are committed by a later batch or reprocessed. */
+        log_warn("service", "commit: %s", rd_kafka_err2str(err));
+        metrics_inc(MET_KAFKA_ERR_COMMIT, 1);
+        rc = -1;
+    } else {
+        for (int i = 0; i < l->cnt; i++)
+            if (strcmp(l->elems[i].topic, s->t_click) == 0)
+                svc_set_committed(s, l->elems[i].partition, l->elems[i].offset);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    return rc;
+}
+
+static void svc_count_outcomes(svc *s, int64_t now_us) {
+    for (size_t i = 0; i < s->n_items; i++) {
+        svc_item *it = &s->items[i];
+        metrics_observe_processing((double)(now_us - it->polled_us) / 1e6, 1);
+        if (it->kind == SVC_CLICK) {
+            metrics_inc_event(it->click.type, 1);
+        } else if (it->kind == SVC_REACTION) {
+            metrics_inc_reaction(it->rx.type, 1);
+        }
+        if (it->outcome == US_DUPLICATE) metrics_inc(MET_SKIPPED_DUPLICATE, 1);
+        if (it->outcome == US_ALREADY_APPLIED) metrics_inc(MET_SKIPPED_REDELIVERED, 1);
+        if (it->suppressed) metrics_inc((metric_id)(it->suppressed - 1), 1);
+        if (it->publish && it->kind == SVC_CLICK)
+            metrics_inc_copies(svc_locale(s, it->user->st.locale), SVC_STRATEGY, 1);
+    }
+}
+
+/* Processes the collected batch; see the top of the file. Returns 0 when the
+ * batch is done (committed or not), -1 when it failed and was rewound. */
+static int svc_process_batch(svc *s) {
+    if (!s->n_items) return 0;
+    int64_t t0 = util_monotonic_us();
+    char err[512] = "";
+    store_status st = STORE_OK;
+    memset(&s->batch_dr, 0, sizeof s->batch_dr);
+    s->batch_expected = 0;
+
+    /* 1. decode, dead-letter, group by user */
+    for (size_t i = 0; i < s->n_items; i++) {
+        svc_item *it = &s->items[i];
+        if (!svc_span_for(s, it->msg)) goto fail;
+        svc_span *sp = svc_span_for(s, it->msg);
+        if (it->msg->offset < sp->min) sp->min = it->msg->offset;
+        if (it->msg->offset > sp->max) sp->max = it->msg->offset;
+        if (svc_decode(s, it) < 0) goto fail;
+        if (it->kind == SVC_DEAD) continue;
+        const char *uid = it->kind == SVC_CLICK ? it->click.user_id : it->rx.user_id;
+        svc_user *u = dict_get(s->user_index, uid);
+        if (!u) {
+            u = &s->users[s->n_users++];
+            memset(u, 0, sizeof *u);
+            u->user_id = uid;
+            u->part[0] = u->part[1] = -1;
+            if (dict_set(s->user_index, uid, u) < 0) goto fail;
+            u->have_state = cache_take(s->cache, uid, &u->st);
+            metrics_inc(u->have_state ? MET_STATE_CACHE_HIT : MET_STATE_CACHE_MISS, 1);
+        }
+        u->part[it->kind == SVC_REACTION ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM] =
+            it->msg->partition;
+        it->user = u;
+        if (u->last) u->last->next = it; else u->first = it;
+        u->last = it;
+    }
+
+    /* 2-4. load, apply, write; users refused by the CAS are re-read and
+     * re-applied until the write goes through. */
+    if ((st = svc_load_missing(s, err, sizeof err)) != STORE_OK) goto fail_store;
+    for (size_t i = 0; i < s->n_users; i++) s->users[i].conflict = 1;
+    for (int attempt = 0;; attempt++) {
+        size_t nw = 0;
+        for (size_t i = 0; i < s->n_users; i++) {
+            svc_user *u = &s->users[i];
+            if (!u->conflict) continue;
+            u->conflict = 0;
+            if (svc_apply_user(s, u) < 0) {
+                util_err(err, sizeof err, "out of memory applying events");
+                goto fail;
+            }
+            if (u->st.dirty)
+                s->writes[nw++] = (store_write){.user_id = u->user_id, .state = &u->st};
+        }
+        store_purge *purges;
+        size_t np = svc_purge_views(s, &purges);
+        st = store_write_batch(s->store, s->writes, nw, purges, np, err, sizeof err);
+        svc_free_purge_views(purges, np);
+        metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
+        if (st != STORE_OK) goto fail_store;
+        svc_clear_purges(s);
+        size_t conflicts = 0;
+        for (size_t k = 0; k < nw; k++) {
+            if (!s->writes[k].conflict) continue;
+            svc_user *u = dict_get(s->user_index, s->writes[k].user_id);
+            userstate_clear(&u->st);
+            u->have_state = 0;
+            u->conflict = 1;
+            conflicts++;
+        }
+        if (!conflicts) break;
+        metrics_inc(MET_REDIS_ERR_CONFLICT, conflicts);
+        if (attempt + 1 == SVC_MAX_WRITE_ATTEMPTS) {
+            util_err(err, sizeof err, "%zu users still changed by someone else after %d attempts",
+                     conflicts, SVC_MAX_WRITE_ATTEMPTS);
+            goto fail;
+        }
+        log_info("service", "%zu users changed in Redis since read; re-reading them", conflicts);
+        if ((st = svc_load_missing(s, err, sizeof err)) != STORE_OK) goto fail_store;
+    }
+    atomic_store(&s->redis_ok, 1);
+
+    /* 5. publish copies, wait for every ack (dead letters included) */
+    for (size_t i = 0; i < s->n_items; i++) {
+        svc_item *it = &s->items[i];
+        if (!it->publish) continue;
+        const us_outbox *o = userstate_outbox_find(&it->user->st, it->msg->partition,
+                                                   it->msg->offset);
+        if (!o) continue;
+        if (o->fresh == 0 && it->outcome == US_APPLIED) { /* unreachable: written above */ }
+        if (kafka_produce(s->producer, s->t_copy, it->user->user_id, strlen(it->user->user_id),
+                          o->msg.p, o->msg.len, NULL, &s->batch_dr, err, sizeof err) < 0)
+            goto fail;
+        s->batch_expected++;
+        if (it->outcome == US_APPLIED)
+            svc_add_ref(s, it->user->user_id, it->msg->partition, it->msg->offset);
+    }
+    if (svc_wait_acks(s) < 0) {
+        util_err(err, sizeof err, "publishing failed");
+        goto fail;
+    }
+
+    /* 6. commit, then hand back states and schedule outbox purges */
+    int committed = svc_commit(s) == 0;
+    int64_t t1 = util_monotonic_us();
+    svc_count_outcomes(s, t1);
+    metrics_observe_batch((double)(t1 - t0) / 1e6);
+    metrics_inc(MET_BATCHES, 1);
+    svc_end_batch(s, 1);
+    if (committed) svc_refs_committed(s);
+    s->backoff_ms = 0;
+    atomic_store(&s->kafka_ok, 1);
+    return 0;
+
+fail_store:
+    svc_count_store_error(st);
+    atomic_store(&s->redis_ok, 0);
+fail:
+    log_error("service", "batch of %zu messages failed, will retry: %s", s->n_items, err);
+    if (s->dr.fatal || s->batch_dr.fatal) {
+        if (svc_renew_producer(s) < 0) atomic_store(&s->kafka_ok, 0);
+    }
+    /* Make sure nothing of this batch is still in flight before rewinding. */
+    rd_kafka_flush(s->producer, 10000);
+    svc_rewind(s);
+    svc_end_batch(s, 0);
+    s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 100;
+    if (s->backoff_ms > 5000) s->backoff_ms = 5000;
+    return -1;
+}
+
+/* ---- rebalances ------------------------------------------------------------- */
+
+static void svc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                             rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    svc *s = opaque;
+    int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        for (int i = 0; i < parts->cnt; i++)
+            svc_add_assigned(s, parts->elems[i].topic, parts->elems[i].partition);
+        log_info("service", "assigned %d partitions (now %zu)", parts->cnt, s->n_assigned);
+        rd_kafka_error_t *e = NULL;
+        if (cooperative)
+            e = rd_kafka_incremental_assign(rk, parts);
+        else
+            rd_kafka_assign(rk, parts);
+        if (e) {
+            log_error("service", "incremental assign: %s", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        }
+    } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        int lost = rd_kafka_assignment_lost(rk);
+        log_info("service", "%s %d partitions", lost ? "lost" : "revoked", parts->cnt);
+        /* Finish what was polled from them, and commit it, before they go:
+         * this callback is the one place where committing during a
+         * cooperative rebalance is safe with librdkafka 2.0. */
+        if (s->n_items) {
+            if (lost) {
+                svc_rewind(s);
+                svc_end_batch(s, 0);
+            } else {
+                svc_process_batch(s);
+            }
+        }
+        svc_flush_purges(s);
+        for (int i = 0; i < parts->cnt; i++) {
+            const char *topic = parts->elems[i].topic;
+            int32_t p = parts->elems[i].partition;
+            cache_drop_partition(s->cache, svc_topic_kind(s, topic), p);
+            if (strcmp(topic, s->t_click) == 0) svc_refs_drop_partition(s, p);
+            metrics_drop_lag(topic, p);
+            svc_remove_assigned(s, topic, p);
+        }
+        if (cooperative) {
+            rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+            if (e) {
+                log_error("service", "incremental unassign: %s", rd_kafka_error_string(e));
+                rd_kafka_error_destroy(e);
+            }
+        } else {
+            rd_kafka_assign(rk, NULL);
+        }
+    } else {
+        log_error("service", "rebalance error: %s", rd_kafka_err2str(err));
+        rd_kafka_assign(rk, NULL);
+    }
+    metrics_set(MET_ASSIGNED_PARTITIONS, (int64_t)s->n_assigned);
+}
+
+/* ---- catalog ---------------------------------------------------------------- */
+
+/* Applies one catalog message: an item, or a tombstone (null value). */
+static void svc_catalog_apply(svc *s, rd_kafka_message_t *m) {
+    if (m->err) {
+        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            log_warn("service", "catalog consumer: %s", rd_kafka_message_errstr(m));
+        return;
+    }
+    if (!m->payload) {
+        if (m->key_len) {
+            char *id = strndup(m->key, m->key_len);
+            if (id) catalog_remove(s->catalog, id);
+            free(id);
+        }
+    } else {
+        catalog_item item = {0};
+        char why[256] = "";
+        codec_status st = codec_decode_catalog(s->codec, m->payload, m->len, &item, why,
+                                               sizeof why);
+        if (st != CODEC_OK) {
+            /* Not dead-lettered: every instance reads the whole catalog at
+             * every start, so each would dead-letter it again. The message
+             * itself stays in the catalog topic. */
+            log_warn("service", "catalog %s[%" PRId32 "]@%" PRId64 " ignored: %s: %s",
+                     rd_kafka_topic_name(m->rkt), m->partition, m->offset,
+                     codec_status_name(st), why);
+            metrics_inc(MET_KAFKA_ERR_CONSUME, 1);
+            return;
+        }
+        if (catalog_upsert(s->catalog, &item) < 0) {
+            log_error("service", "catalog: out of memory");
+            catalog_item_clear(&item);
+            return;
+        }
+    }
+    metrics_inc(MET_CATALOG_UPDATES, 1);
+}
+
+static void svc_catalog_poll(svc *s, int max) {
+    for (int i = 0; i < max; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(s->catalog_consumer, 0);
+        if (!m) break;
+        svc_catalog_apply(s, m);
+        rd_kafka_message_destroy(m);
+    }
+    metrics_set(MET_CATALOG_ITEMS, (int64_t)catalog_count(s->catalog));
+}
+
+/* Assigns every catalog partition from the beginning and reads up to the
+ * end, so that the first copies are made with the whole catalog. */
+static int svc_catalog_start(svc *s, char *errstr, size_t errlen) {
+    int n = kafka_partition_count(s->catalog_consumer, s->t_catalog, 10000, errstr, errlen);
+    if (n < 0) return -1;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++)
+        rd_kafka_topic_partition_list_add(l, s->t_catalog, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_resp_err_t err = rd_kafka_assign(s->catalog_consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) return util_err(errstr, errlen, "assigning %s: %s", s->t_catalog, rd_kafka_err2str(err));
+    char *eof = calloc((size_t)n, 1);
+    if (!eof) return util_err(errstr, errlen, "out of memory");
+    int remaining = n;
+    int64_t deadline = util_monotonic_us() + 120 * 1000000LL;
+    while (remaining > 0 && !svc_stop_requested) {
+        if (util_monotonic_us() > deadline) {
+            free(eof);
+            return util_err(errstr, errlen, "reading %s to its end took over 120 s", s->t_catalog);
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(s->catalog_consumer, 200);
+        if (!m) continue;
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF && m->partition < n && !eof[m->partition]) {
+            eof[m->partition] = 1;
+            remaining--;
+        }
+        svc_catalog_apply(s, m);
+        rd_kafka_message_destroy(m);
+    }
+    free(eof);
+    metrics_set(MET_CATALOG_ITEMS, (int64_t)catalog_count(s->catalog));
+    log_info("service", "catalog loaded: %zu items", catalog_count(s->catalog));
+    return 0;
+}
+
+/* ---- the loop ----------------------------------------------------------------- */
+
+/* Polls until the batch is full or batch_wait_ms has passed since its first
+ * message. Returns the number of items collected. */
+static size_t svc_collect(svc *s) {
+    int64_t deadline = 0;
+    while (s->n_items < s->batch_max && !svc_stop_requested) {
+        int timeout = 100;
+        if (s->n_items) {
+            int64_t left = (deadline - util_monotonic_us()) / 1000;
+            if (left <= 0) break;
+            timeout = (int)left;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(s->consumer, timeout);
+        if (!m) {
+            if (!s->n_items) break;
+            continue;
+        }
+        if (m->err) {
+            if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                svc_assigned *a = svc_find_assigned(s, rd_kafka_topic_name(m->rkt), m->partition);
+                if (a) a->eof = 1;
+            } else {
+                log_warn("service", "consumer: %s", rd_kafka_message_errstr(m));
+                metrics_inc(MET_KAFKA_ERR_CONSUME, 1);
+            }
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        svc_assigned *a = svc_find_assigned(s, rd_kafka_topic_name(m->rkt), m->partition);
+        if (a) a->eof = 0;
+        int64_t now = util_monotonic_us();
+        if (!s->n_items) deadline = now + (int64_t)s->batch_wait_ms * 1000;
+        svc_item *it = &s->items[s->n_items++];
+        memset(it, 0, sizeof *it);
+        it->msg = m;
+        it->polled_us = now;
+        s->last_activity_us = now;
+    }
+    return s->n_items;
+}
+
+static void svc_update_lag(svc *s) {
+    for (size_t i = 0; i < s->n_assigned; i++) {
+        svc_assigned *a = &s->assigned[i];
+        int64_t lo, hi;
+        if (rd_kafka_get_watermark_offsets(s->consumer, a->topic, a->partition, &lo, &hi))
+            continue;
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, a->topic, a->partition);
+        if (!rd_kafka_position(s->consumer, l) && l->elems[0].offset >= 0 && hi >= 0)
+            metrics_set_lag(a->topic, a->partition, hi - l->elems[0].offset);
+        else if (hi >= 0 && a->eof)
+            metrics_set_lag(a->topic, a->partition, 0);
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+}
+
+static int svc_idle(const svc *s) {
+    if (!s->n_assigned) return 0;
+    for (size_t i = 0; i < s->n_assigned; i++)
+        if (!s->assigned[i].eof) return 0;
+    return 1;
+}
+
+static int svc_loop(svc *s) {
+    s->last_activity_us = util_monotonic_us();
+    while (!svc_stop_requested) {
+        svc_catalog_poll(s, 10000);
+        if (svc_collect(s)) {
+            if (svc_process_batch(s) < 0) {
+                int64_t until = util_monotonic_us() + (int64_t)s->backoff_ms * 1000;
+                while (!svc_stop_requested && util_monotonic_us() < until) usleep(20000);
+            }
+        } else {
+            svc_flush_purges(s);
+        }
+        int64_t now = util_monotonic_us();
+        if (now - s->last_lag_us > 1000000) {
+            svc_update_lag(s);
+            metrics_set(MET_STATE_CACHE_EVICTIONS, (int64_t)cache_evictions(s->cache));
+            s->last_lag_us = now;
+        }
+        if (s->exit_when_idle_ms && svc_idle(s) && !s->n_items &&
+            now - s->last_activity_us > s->exit_when_idle_ms * 1000) {
+            log_info("service", "idle for %" PRId64 " ms at the end of every partition; exiting",
+                     s->exit_when_idle_ms);
+            break;
+        }
+    }
+    return 0;
+}
+
+/* ---- start and stop ---------------------------------------------------------- */
+
+static void svc_free(svc *s) {
+    if (s->http) httpd_stop(s->http);
+    if (s->consumer) rd_kafka_destroy(s->consumer);
+    if (s->catalog_consumer) {
+        rd_kafka_consumer_close(s->catalog_consumer);
+        rd_kafka_destroy(s->catalog_consumer);
+    }
+    if (s->producer) rd_kafka_destroy(s->producer);
+    store_free(s->store);
+    cache_free(s->cache);
+    templates_free(s->tpl);
+    catalog_free(s->catalog);
+    codec_free(s->codec);
+    dict_free(s->user_index);
+    free(s->items);
+    free(s->users);
+    free(s->writes);
+    free(s->load_states);
+    free(s->load_ids);
+    free(s->spans);
+    buf_free(&s->scratch);
+    buf_free(&s->text);
+    for (size_t i = 0; i < s->n_refs; i++) free(s->refs[i].user_id);
+    free(s->refs);
+    svc_clear_purges(s);
+    free(s->purge_users);
+    free(s->purge_fields);
+    free(s->purge_nfields);
+    free(s->committed);
+    for (size_t i = 0; i < s->n_assigned; i++) free(s->assigned[i].topic);
+    free(s->assigned);
+    svc_free_split(s->locales);
+}
+
+/* Stops cleanly: finishes the batch in hand, commits, closes the group
+ * membership (its revoke callback commits too), flushes the producer. */
+static int svc_shutdown(svc *s) {
+    int rc = 0;
+    int64_t deadline = util_monotonic_us() + s->shutdown_ms * 1000;
+    if (s->n_items && svc_process_batch(s) < 0) rc = 1;
+    svc_flush_purges(s);
+    rd_kafka_resp_err_t err = rd_kafka_consumer_close(s->consumer);
+    if (err) {
+        log_error("service", "closing the consumer: %s", rd_kafka_err2str(err));
+        rc = 1;
+    }
+    svc_flush_purges(s);
+    int left_ms = (int)((deadline - util_monotonic_us()) / 1000);
+    if (rd_kafka_flush(s->producer, left_ms > 0 ? left_ms : 0)) {
+        log_error("service", "%d messages not delivered at shutdown", rd_kafka_outq_len(s->producer));
+        rc = 1;
+    }
+    return rc;
+}
+
+static void svc_usage(FILE *f) {
+    fprintf(f,
+            "usage: copystream run [-c CONFIG] [--group GROUP] [--exit-when-idle MS]\n"
+            "\n"
+            "Consumes the clickstream and reactions topics as a member of the consumer\n"
+            "group, keeps users' state in Redis and publishes personalized copy.\n"
+            "\n"
+            "  -c, --config FILE     configuration (default $COPYSTREAM_CONFIG or\n"
+            "                        config/copystream.conf)\n"
+            "  --group GROUP         consumer group (default kafka.group.id)\n"
+            "  --exit-when-idle MS   exit once every assigned partition has been at its\n"
+            "                        end for MS milliseconds (batch jobs, demos, benchmarks)\n");
+}
+
+int run_main(int argc, char **argv) {
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"group", required_argument, 0, 'g'},
+                                         {"exit-when-idle", required_argument, 0, 'i'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *path = commands_default_config(), *group = NULL;
+    int64_t idle_ms = 0;
+    int o;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': path = optarg; break;
+        case 'g': group = optarg; break;
+        case 'i': idle_ms = atoll(optarg); break;
+        case 'h': svc_usage(stdout); return 0;
+        default: svc_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        svc_usage(stderr);
+        return 2;
+    }
+    config *cfg = commands_load_config(path);
+    if (!cfg) return 2;
+    char err[1024];
+    svc s;
+    memset(&s, 0, sizeof s);
+    int rc = 1;
+    if (svc_settings(&s, cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "copystream: %s\n", err);
+        rc = 2;
+        goto out;
+    }
+    s.exit_when_idle_ms = idle_ms;
+    if (!(s.codec = commands_codec_new(cfg, err, sizeof err))) goto startup_err;
+    if (!(s.tpl = templates_load(config_str(cfg, "copy.templates"), (const char *const *)s.locales,
+                                 s.n_locales, err, sizeof err)))
+        goto startup_err;
+    s.catalog = catalog_new();
+    s.cache = cache_new((size_t)config_int(cfg, "state.cache_mb") << 20);
+    s.user_index = dict_new();
+    s.items = calloc(s.batch_max, sizeof *s.items);
+    s.users = calloc(s.batch_max, sizeof *s.users);
+    s.writes = calloc(s.batch_max, sizeof *s.writes);
+    s.load_states = calloc(s.batch_max, sizeof *s.load_states);
+    s.load_ids = calloc(s.batch_max, sizeof *s.load_ids);
+    if (!s.catalog || !s.cache || !s.user_index || !s.items || !s.users || !s.writes ||
+        !s.load_states || !s.load_ids) {
+        util_err(err, sizeof err, "out of memory");
+        goto startup_err;
+    }
+    if (!(s.store = store_new(cfg, err, sizeof err))) goto startup_err;
+    atomic_store(&s.redis_ok, 1);
+    if (!(s.producer = kafka_producer_new(cfg, &s.dr, err, sizeof err))) goto startup_err;
+    if (!(s.consumer = kafka_consumer_new(cfg, group, svc_rebalance_cb, &s, err, sizeof err)))
+        goto startup_err;
+    if (!(s.catalog_consumer = kafka_consumer_new(cfg, NULL, NULL, NULL, err, sizeof err)))
+        goto startup_err;
+    metrics_start(COPYSTREAM_VERSION);
+    int port = (int)config_int(cfg, "http.port");
+    if (port && !(s.http = httpd_start(config_str(cfg, "http.bind"), port, svc_health, &s, err,
+                                       sizeof err)))
+        goto startup_err;
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = svc_on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    if (svc_catalog_start(&s, err, sizeof err) < 0) goto startup_err;
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(2);
+    rd_kafka_topic_partition_list_add(topics, s.t_click, RD_KAFKA_PARTITION_UA);
+    rd_kafka_topic_partition_list_add(topics, s.t_react, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t kerr = rd_kafka_subscribe(s.consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (kerr) {
+        util_err(err, sizeof err, "subscribing: %s", rd_kafka_err2str(kerr));
+        goto startup_err;
+    }
+    atomic_store(&s.kafka_ok, 1);
+    atomic_store(&s.ready, 1);
+    log_info("service", "running: %s + %s -> %s (group %s)", s.t_click, s.t_react, s.t_copy,
+             group ? group : "from kafka.group.id");
+    svc_loop(&s);
+    log_info("service", "stopping");
+    atomic_store(&s.ready, 0);
+    rc = svc_shutdown(&s);
+    if (rc == 0) log_info("service", "stopped cleanly");
+    goto out;
+
+startup_err:
+    fprintf(stderr, "copystream: %s\n", err);
+    rc = 1;
+out:
+    svc_free(&s);
+    config_free(cfg);
+    return rc;
+}
