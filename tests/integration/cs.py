@@ -1,0 +1,252 @@
+"""Tools the integration tests share: an isolated copystream deployment per test
+(its own topics, consumer group and Redis key prefix on the shared broker and
+Redis), Avro messages written and read with fastavro -- an implementation
+independent of the Avro C code under test -- and a decoder for the user-state
+blobs that follows docs/ARCHITECTURE.md rather than the C code.
+"""
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import fastavro
+import xxhash
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "schemas"
+
+EVENT_TYPES = ["view", "click", "add_to_cart", "purchase", "search", "favorite"]
+
+
+def load_schema(name):
+    """Parses schemas/<name>.avsc (or any .avsc path) with fastavro."""
+    path = Path(name)
+    if not path.suffix:
+        path = SCHEMAS / f"{name}.avsc"
+    return fastavro.parse_schema(json.loads(path.read_text()))
+
+
+def frame(schema_id, schema, record):
+    """Confluent wire framing: magic 0, 4-byte big-endian schema id, Avro binary."""
+    out = io.BytesIO()
+    out.write(b"\x00" + struct.pack(">I", schema_id))
+    fastavro.schemaless_writer(out, schema, record)
+    return out.getvalue()
+
+
+def unframe(schema, data):
+    assert data[0] == 0, "magic byte"
+    schema_id = struct.unpack(">I", data[1:5])[0]
+    return schema_id, fastavro.schemaless_reader(io.BytesIO(data[5:]), schema)
+
+
+def h64(s):
+    """util_hash(): XXH3-64 of the UTF-8 id."""
+    return xxhash.xxh3_64_intdigest(s.encode())
+
+
+def click(event_id, user, ts_ms, etype, item=None, category=None, locale=None, **extra):
+    rec = {
+        "event_id": event_id, "user_id": user, "timestamp": ts_ms, "type": etype.upper(),
+        "item_id": item, "category": category, "price_micros": None, "currency": None,
+        "query": None, "session_id": None, "locale": locale,
+    }
+    rec.update(extra)
+    return rec
+
+
+def catalog_item(item_id, titles, category, attrs, price_micros=None, available=True,
+                 brand=None):
+    """attrs: list of (id, {locale: phrase})."""
+    return {
+        "item_id": item_id, "titles": titles, "category": category, "brand": brand,
+        "price_micros": price_micros, "currency": "CNY" if price_micros else None,
+        "attributes": [{"id": a, "phrases": p} for a, p in attrs],
+        "available": available, "updated_at": 1700000000000,
+    }
+
+
+class Deployment:
+    """One isolated copystream: topics, group and key prefix unique to a test."""
+
+    def __init__(self, env, partitions=3, **config):
+        self.env = env
+        tag = uuid.uuid4().hex[:10]
+        self.tag = tag
+        self.topics = {k: f"{k}-{tag}" for k in ("clickstream", "catalog", "reactions", "copy",
+                                                  "dlq")}
+        self.group = f"g-{tag}"
+        self.prefix = f"t{tag}"
+        self.vars = {
+            "COPYSTREAM_KAFKA_BOOTSTRAP_SERVERS": env["bootstrap"],
+            "COPYSTREAM_KAFKA_GROUP_ID": self.group,
+            "COPYSTREAM_REDIS_HOST": env["redis_host"],
+            "COPYSTREAM_REDIS_PORT": str(env["redis_port"]),
+            "COPYSTREAM_REDIS_KEY__PREFIX": self.prefix,
+            "COPYSTREAM_TOPIC_CLICKSTREAM": self.topics["clickstream"],
+            "COPYSTREAM_TOPIC_CATALOG": self.topics["catalog"],
+            "COPYSTREAM_TOPIC_REACTIONS": self.topics["reactions"],
+            "COPYSTREAM_TOPIC_COPY": self.topics["copy"],
+            "COPYSTREAM_TOPIC_DEAD__LETTER": self.topics["dlq"],
+            "COPYSTREAM_TOPIC_PARTITIONS": str(partitions),
+            "COPYSTREAM_HTTP_PORT": "0",
+            "COPYSTREAM_SCHEMA_DIR": str(SCHEMAS),
+            "COPYSTREAM_COPY_TEMPLATES": str(ROOT / "config" / "templates.conf"),
+            "COPYSTREAM_BATCH_MAX__WAIT__MS": "20",
+        }
+        for key, value in config.items():
+            self.vars[key] = str(value)
+        self.procs = []
+        self.run(["topics"])
+        self.click_schema = load_schema("ClickEvent")
+        self.copy_schema = load_schema("PersonalizedCopy")
+        self.catalog_schema = load_schema("CatalogItem")
+        self.reaction_schema = load_schema("Reaction")
+        self._producer = None
+
+    # -- the binary ---------------------------------------------------------------
+
+    def process_env(self, **override):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COPYSTREAM_")}
+        env.update(self.vars)
+        env.update({k: str(v) for k, v in override.items()})
+        return env
+
+    def run(self, args, check=True, timeout=120, **override):
+        """Runs `copystream ARGS` to completion in the project root."""
+        p = subprocess.run([str(self.env["bin"])] + list(args), cwd=self.env["root"],
+                           env=self.process_env(**override), capture_output=True, text=True,
+                           timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"copystream {' '.join(args)} exited {p.returncode}:\n"
+                                 f"{p.stderr[-4000:]}")
+        return p
+
+    def start(self, *args, **override):
+        """Starts the service in the background; returns the Popen."""
+        log = open(self.env["services_dir"] / f"copystream-{self.tag}-{len(self.procs)}.log", "w")
+        p = subprocess.Popen([str(self.env["bin"]), "run"] + list(args), cwd=self.env["root"],
+                             env=self.process_env(**override), stdout=log,
+                             stderr=subprocess.STDOUT)
+        p.log_path = log.name
+        self.procs.append(p)
+        return p
+
+    def run_until_idle(self, idle_ms=1500, timeout=180, **override):
+        p = self.start("--exit-when-idle", str(idle_ms), **override)
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise AssertionError("service did not become idle:\n" + self.log(p))
+        assert rc == 0, f"service exited {rc}:\n" + self.log(p)
+        return p
+
+    @staticmethod
+    def log(p):
+        return Path(p.log_path).read_text()[-6000:]
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+    # -- Kafka ----------------------------------------------------------------------
+
+    @property
+    def producer(self):
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self.env["bootstrap"],
+                                       "enable.idempotence": True, "linger.ms": 5})
+        return self._producer
+
+    def produce(self, topic_key, key, value, headers=None):
+        self.producer.produce(self.topics[topic_key], key=key, value=value, headers=headers)
+
+    def flush(self):
+        assert self.producer.flush(30) == 0, "messages left undelivered"
+
+    def send_clicks(self, events, schema_id=1, schema=None):
+        for e in events:
+            self.produce("clickstream", e["user_id"], frame(schema_id, schema or self.click_schema, e))
+        self.flush()
+
+    def send_catalog(self, items):
+        for it in items:
+            self.produce("catalog", it["item_id"], frame(2, self.catalog_schema, it))
+        self.flush()
+
+    def read_topic(self, topic_key, timeout=60):
+        """Every message of a topic, from the beginning to the end."""
+        topic = self.topics.get(topic_key, topic_key)
+        c = Consumer({"bootstrap.servers": self.env["bootstrap"], "group.id": f"r-{uuid.uuid4()}",
+                      "enable.auto.commit": False, "enable.partition.eof": True,
+                      "auto.offset.reset": "earliest"})
+        try:
+            md = c.list_topics(topic, timeout=10)
+            parts = list(md.topics[topic].partitions)
+            c.assign([TopicPartition(topic, p, 0) for p in parts])
+            eof, out = set(), []
+            deadline = time.time() + timeout
+            while len(eof) < len(parts):
+                assert time.time() < deadline, f"did not reach the end of {topic}"
+                m = c.poll(0.5)
+                if m is None:
+                    continue
+                if m.error():
+                    if m.error().code() == -191:  # _PARTITION_EOF
+                        eof.add(m.partition())
+                        continue
+                    raise AssertionError(str(m.error()))
+                out.append(m)
+            return out
+        finally:
+            c.close()
+
+    def copies(self):
+        return [unframe(self.copy_schema, m.value())[1] for m in self.read_topic("copy")]
+
+    # -- Redis ------------------------------------------------------------------------
+
+    def user_key(self, user):
+        return f"{self.prefix}:u:{{{user}}}".encode()
+
+    def user_hash(self, redis_client, user):
+        return redis_client.hgetall(self.user_key(user))
+
+    def user_keys(self, redis_client):
+        return list(redis_client.scan_iter(match=f"{self.prefix}:*".encode(), count=1000))
+
+
+# -- user-state blobs, as documented in docs/ARCHITECTURE.md -----------------------------
+
+def decode_seq(blob):
+    assert blob[0] == 1 and (len(blob) - 1) % 13 == 0
+    out = []
+    for off in range(1, len(blob), 13):
+        item, ts, etype = struct.unpack_from("<QIB", blob, off)
+        out.append((item, ts, EVENT_TYPES[etype]))
+    return out
+
+
+def decode_affinities(blob):
+    assert blob[0] == 1 and (len(blob) - 5) % 12 == 0
+    ref = struct.unpack_from("<I", blob, 1)[0]
+    scores = {}
+    for off in range(5, len(blob), 12):
+        key, score = struct.unpack_from("<Qf", blob, off)
+        scores[key] = score
+    return ref, scores
+
+
+def decode_u64_list(blob):
+    assert blob[0] == 1 and (len(blob) - 1) % 8 == 0
+    return [struct.unpack_from("<Q", blob, off)[0] for off in range(1, len(blob), 8)]
