@@ -1,0 +1,190 @@
+/* strategy.c -- what to promote and why; see strategy.h.
+ *
+ * The strategy runs for every event, and a candidate list can be huge (a broad
+ * category, a common attribute), so each list contributes at most LIST_BUDGET
+ * entries: its first ones in item_hash order. For a category list that loses
+ * nothing that matters: its items carrying none of the user's attributes all
+ * score the same, ties go to the lowest item_hash, which is where the list
+ * starts, and items that do carry the user's attributes also arrive through
+ * the attribute lists. For an attribute list the budget is a hash-ordered
+ * sample, the same on every replay and every instance.
+ *
+ * The user's affinity vectors are copied once per call, decayed, into small
+ * hash tables, so scoring a candidate costs a probe per attribute. */
+#include "strategy.h"
+
+#include <math.h>
+#include <string.h>
+
+enum {
+    TOP_CATEGORIES = 5,       /* the user's categories whose items are candidates */
+    TOP_ATTRIBUTES = 8,       /* the same for attributes */
+    LIST_BUDGET = 256,        /* entries read from one candidate list */
+    MAX_AFFINITIES = 512,     /* affinities read from one vector, strongest first */
+};
+
+typedef struct {
+    uint64_t key;
+    double score;
+} aff;
+
+/* A user's affinities decayed to the event time, by key. Keys are uniform
+ * hashes, so their low bits index an open-addressing table directly; 0 marks
+ * an empty slot, and since an empty slot scores 0, looking up a key the user
+ * has no affinity for (or 0, "no category") needs no special case. */
+typedef struct {
+    aff slot[2 * MAX_AFFINITIES];
+    size_t mask;
+} aff_table;
+
+typedef struct {
+    const user_state *u;
+    const strategy_params *p;
+    strategy_result *out;
+    aff_table cats, attrs;
+} ctx;
+
+/* Decays in float exactly like userstate_affinity_at(), so that a score here
+ * equals the one the rest of the service sees for the same key. */
+static float decay(const us_affinities *v, uint32_t at_s, double half_life_s) {
+    if (at_s <= v->ref_s) return 1.0f;
+    return (float)exp2(-((double)at_s - (double)v->ref_s) / half_life_s);
+}
+
+static size_t aff_len(const us_affinities *v) {
+    return v->n < MAX_AFFINITIES ? v->n : MAX_AFFINITIES; /* v is strongest first */
+}
+
+static void aff_load(aff_table *t, const us_affinities *v, float f) {
+    size_t n = aff_len(v), cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    t->mask = cap - 1;
+    memset(t->slot, 0, cap * sizeof *t->slot);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t key = v->v[i].key;
+        size_t j = key & t->mask;
+        while (t->slot[j].key && t->slot[j].key != key) j = (j + 1) & t->mask;
+        if (key && !t->slot[j].key) t->slot[j] = (aff){key, v->v[i].score * f};
+    }
+}
+
+static double aff_get(const aff_table *t, uint64_t key) {
+    size_t j = key & t->mask;
+    while (t->slot[j].key && t->slot[j].key != key) j = (j + 1) & t->mask;
+    return t->slot[j].score;
+}
+
+/* The n (<= TOP_ATTRIBUTES) strongest positive affinities of v decayed by f,
+ * strongest first, equal scores by key. Returns how many. */
+static size_t aff_top(const us_affinities *v, float f, size_t n, aff *top) {
+    size_t k = 0;
+    for (size_t i = 0; i < aff_len(v); i++) {
+        aff a = {v->v[i].key, v->v[i].score * f};
+        if (!(a.score > 0) || !a.key) continue;
+        size_t at = k;
+        while (at > 0 && (a.score > top[at - 1].score ||
+                          (a.score == top[at - 1].score && a.key < top[at - 1].key)))
+            at--;
+        if (at >= n) continue;
+        if (k < n) k++;
+        memmove(top + at + 1, top + at, (k - 1 - at) * sizeof *top);
+        top[at] = a;
+    }
+    return k;
+}
+
+static double item_score(const ctx *x, const catalog_entry *e) {
+    double dot = 0;
+    for (size_t i = 0; i < e->item.n_attrs; i++) dot += aff_get(&x->attrs, e->attr_hashes[i]);
+    if (e->item.n_attrs) dot /= sqrt((double)e->item.n_attrs);
+    return aff_get(&x->cats, e->category_hash) + dot;
+}
+
+static int pick_beats(double score, uint64_t hash, const strategy_pick *p) {
+    return score > p->score || (score == p->score && hash < p->entry->item_hash);
+}
+
+/* Offers one candidate to the top-k kept in out->picks. The same item may be
+ * offered through several lists; its score is the same each time, so it is
+ * either still in the top-k (found below) or was beaten already. The bought
+ * check, a scan of the user's purchases, runs only for items that would get
+ * in. */
+static void consider(ctx *x, const catalog_entry *e) {
+    strategy_result *out = x->out;
+    if (!e->item.available || e->item_hash == x->p->exclude_item) return;
+    double score = item_score(x, e);
+    size_t at = out->n_picks;
+    while (at > 0 && pick_beats(score, e->item_hash, &out->picks[at - 1])) at--;
+    if (at >= x->p->k) return;
+    for (size_t i = 0; i < out->n_picks; i++)
+        if (out->picks[i].entry == e) return;
+    if (userstate_has_bought(x->u, e->item_hash)) return;
+    if (out->n_picks < x->p->k) out->n_picks++;
+    memmove(out->picks + at + 1, out->picks + at, (out->n_picks - 1 - at) * sizeof *out->picks);
+    out->picks[at] = (strategy_pick){e, NULL, score};
+}
+
+static void consider_list(ctx *x, const catalog_entry **cand, size_t total) {
+    for (size_t i = 0; i < total && i < LIST_BUDGET; i++) consider(x, cand[i]);
+}
+
+static int reason_beats(double score, const char *id, const strategy_reason *r) {
+    return score > r->score || (score == r->score && strcmp(id, r->attribute_id) < 0);
+}
+
+static void add_reasons(ctx *x, const catalog_entry *e) {
+    strategy_result *out = x->out;
+    size_t max = x->p->max_reasons;
+    for (size_t i = 0; i < e->item.n_attrs; i++) {
+        const item_attribute *a = &e->item.attrs[i];
+        double score = aff_get(&x->attrs, e->attr_hashes[i]);
+        const char *text = localized_find(a->phrases, a->n_phrases, x->p->locale);
+        if (!(score > 0) || !text || !*text) continue;
+        size_t at = out->n_reasons;
+        while (at > 0 && reason_beats(score, a->id, &out->reasons[at - 1])) at--;
+        if (at >= max) continue;
+        int listed = 0; /* an attribute the item lists twice */
+        for (size_t j = 0; j < out->n_reasons; j++)
+            listed |= strcmp(out->reasons[j].attribute_id, a->id) == 0;
+        if (listed) continue;
+        if (out->n_reasons < max) out->n_reasons++;
+        memmove(out->reasons + at + 1, out->reasons + at,
+                (out->n_reasons - 1 - at) * sizeof *out->reasons);
+        out->reasons[at] = (strategy_reason){"attribute_match", a->id, text, score};
+    }
+    if (out->n_reasons == 0 && max > 0) {
+        out->reasons[0] = (strategy_reason){"category_affinity", NULL, "",
+                                            aff_get(&x->cats, e->category_hash)};
+        out->n_reasons = 1;
+    }
+}
+
+int strategy_affinity(const catalog *c, const user_state *u, const strategy_params *p,
+                      strategy_result *out) {
+    if (p->k == 0 || p->k > STRATEGY_MAX_PICKS || p->max_reasons > STRATEGY_MAX_REASONS ||
+        !p->locale || !(p->half_life_s > 0))
+        return -1;
+    out->n_picks = out->n_reasons = 0;
+
+    ctx x = {.u = u, .p = p, .out = out};
+    float cat_decay = decay(&u->cats, p->at_s, p->half_life_s);
+    float attr_decay = decay(&u->attrs, p->at_s, p->half_life_s);
+    aff_load(&x.cats, &u->cats, cat_decay);
+    aff_load(&x.attrs, &u->attrs, attr_decay);
+
+    const catalog_entry *cand[LIST_BUDGET];
+    aff top[TOP_ATTRIBUTES];
+    size_t n = aff_top(&u->cats, cat_decay, TOP_CATEGORIES, top);
+    for (size_t i = 0; i < n; i++)
+        consider_list(&x, cand, catalog_items_in_category(c, top[i].key, cand, LIST_BUDGET));
+    n = aff_top(&u->attrs, attr_decay, TOP_ATTRIBUTES, top);
+    for (size_t i = 0; i < n; i++)
+        consider_list(&x, cand, catalog_items_with_attribute(c, top[i].key, cand, LIST_BUDGET));
+
+    for (size_t i = 0; i < out->n_picks; i++) {
+        const catalog_item *it = &out->picks[i].entry->item;
+        out->picks[i].title = localized_find(it->titles, it->n_titles, p->locale);
+    }
+    if (out->n_picks) add_reasons(&x, out->picks[0].entry);
+    return (int)out->n_picks;
+}

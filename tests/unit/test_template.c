@@ -1,0 +1,372 @@
+/* test_template.c -- loading, checking and rendering copy templates: exact
+ * output for zh-CN and en-US, fallbacks, render failures, and load errors
+ * that name file:line. */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "template.h"
+
+static const char *const both[] = {"zh-CN", "en-US"};
+
+/* Writes text to a fresh temporary file; its path is returned in path. */
+static void write_conf(char *path, size_t len, const char *text) {
+    snprintf(path, len, "/tmp/copystream-templates-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static templates *load_text(const char *text, const char *const *locales, size_t n,
+                            char *errstr, size_t errlen) {
+    char path[64];
+    write_conf(path, sizeof path, text);
+    templates *t = templates_load(path, locales, n, errstr, errlen);
+    unlink(path);
+    return t;
+}
+
+/* Renders (recommendation, locale, choice) and checks the exact text. */
+static void expect_render(const templates *t, const char *locale, uint64_t choice,
+                          const template_input *in, const char *want) {
+    buf out = BUF_INIT;
+    char err[256] = "";
+    int rc = templates_render(t, "recommendation", locale, choice, in, &out, NULL, NULL, err,
+                              sizeof err);
+    if (rc != 0) fail_msg("render failed: %s", err);
+    assert_string_equal(out.p, want);
+    buf_free(&out);
+}
+
+static promoted_item item(char *title, int64_t price_micros, char *currency) {
+    return (promoted_item){.title = title, .has_price = currency != NULL,
+                           .price_micros = price_micros, .currency = currency};
+}
+
+/* Loads the error message of a conf that must not load; the path is replaced
+ * by "F" so tests can compare whole messages. */
+static void expect_load_error(const char *text, const char *want) {
+    char path[64], err[512] = "", msg[512];
+    write_conf(path, sizeof path, text);
+    templates *t = templates_load(path, both, 2, err, sizeof err);
+    unlink(path);
+    assert_null(t);
+    size_t plen = strlen(path);
+    assert_memory_equal(err, path, plen);
+    snprintf(msg, sizeof msg, "F%s", err + plen);
+    assert_string_equal(msg, want);
+}
+
+static const char LISTS[] =
+    "[recommendation.zh-CN.a]\ntext = {items.titles}|{reasons|无}\n"
+    "[recommendation.en-US.a]\ntext = {items.titles}|{reasons|none}\n";
+
+static void test_title_lists_join_per_locale_for_one_two_three_items(void **state) {
+    (void)state;
+    char err[256];
+    templates *t = load_text(LISTS, both, 2, err, sizeof err);
+    assert_non_null(t);
+    promoted_item items[] = {item("A", 0, NULL), item("B", 0, NULL), item("C", 0, NULL)};
+    template_input in = {.items = items};
+    const char *zh[] = {"A|无", "A、B|无", "A、B、C|无"};
+    const char *en[] = {"A|none", "A and B|none", "A, B and C|none"};
+    for (size_t n = 1; n <= 3; n++) {
+        in.n_items = n;
+        expect_render(t, "zh-CN", 0, &in, zh[n - 1]);
+        expect_render(t, "en-US", 0, &in, en[n - 1]);
+    }
+    templates_free(t);
+}
+
+/* A category reason has an empty text: it is not shown, and alone it leaves
+ * {reasons} to its fallback. */
+static void test_reasons_join_like_titles_and_skip_empty_texts(void **state) {
+    (void)state;
+    char err[256];
+    templates *t = load_text(LISTS, both, 2, err, sizeof err);
+    assert_non_null(t);
+    promoted_item items[] = {item("A", 0, NULL)};
+    copy_reason reasons[] = {
+        {.code = "attribute_match", .text = "高清屏幕"},
+        {.code = "category_affinity", .text = ""},
+        {.code = "attribute_match", .text = "超长续航"},
+        {.code = "attribute_match", .text = "防水"},
+    };
+    template_input in = {.items = items, .n_items = 1, .reasons = reasons, .n_reasons = 4};
+    expect_render(t, "zh-CN", 0, &in, "A|高清屏幕、超长续航、防水");
+    in.n_reasons = 3;
+    expect_render(t, "en-US", 0, &in, "A|高清屏幕 and 超长续航");
+    in.reasons = &reasons[1];
+    in.n_reasons = 1;
+    expect_render(t, "en-US", 0, &in, "A|none");
+    templates_free(t);
+}
+
+static void test_price_is_formatted_for_locale_and_currency(void **state) {
+    (void)state;
+    static const char conf[] =
+        "[recommendation.zh-CN.a]\ntext = {item.price}\n"
+        "[recommendation.en-US.a]\ntext = {item.price}\n";
+    char err[256];
+    templates *t = load_text(conf, both, 2, err, sizeof err);
+    assert_non_null(t);
+    static const struct {
+        const char *locale;
+        int64_t micros;
+        const char *currency, *want;
+    } cases[] = {
+        {"zh-CN", 1299000000, "CNY", "¥1,299.00"},
+        {"en-US", 1299000000, "USD", "$1,299.00"},
+        {"en-US", 1299000000, "EUR", "1,299.00 EUR"},
+        {"zh-CN", 1299000000, "USD", "1,299.00 USD"},
+        {"en-US", 1299000000, "CNY", "1,299.00 CNY"},
+        {"en-US", 1234567890123, "USD", "$1,234,567.89"},
+        {"en-US", 999999, "USD", "$1.00"},
+        {"en-US", 1234999, "USD", "$1.23"},
+        {"en-US", 1235000, "USD", "$1.24"},
+        {"en-US", 100000000, "USD", "$100.00"},
+        {"zh-CN", 0, "CNY", "¥0.00"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        promoted_item it = item("A", cases[i].micros, (char *)cases[i].currency);
+        template_input in = {.items = &it, .n_items = 1};
+        expect_render(t, cases[i].locale, 0, &in, cases[i].want);
+    }
+    templates_free(t);
+}
+
+static void test_fallback_replaces_a_missing_or_empty_field(void **state) {
+    (void)state;
+    static const char conf[] =
+        "[recommendation.zh-CN.a]\ntext = 看看{item.title|这款商品}{item.price|}！\n"
+        "[recommendation.en-US.a]\ntext = See {item.title|this pick}{item.price|}!\n";
+    char err[256];
+    templates *t = load_text(conf, both, 2, err, sizeof err);
+    assert_non_null(t);
+    template_input none = {0};
+    expect_render(t, "zh-CN", 0, &none, "看看这款商品！");
+    promoted_item untitled = item(NULL, 5000000, "CNY");
+    template_input in = {.items = &untitled, .n_items = 1};
+    expect_render(t, "zh-CN", 0, &in, "看看这款商品¥5.00！");
+    promoted_item empty = item("", 0, NULL);
+    in.items = &empty;
+    expect_render(t, "en-US", 0, &in, "See this pick!");
+    templates_free(t);
+}
+
+static void test_missing_field_without_fallback_fails_naming_the_placeholder(void **state) {
+    (void)state;
+    static const char conf[] =
+        "[recommendation.zh-CN.a]\ntext = x\n"
+        "[recommendation.en-US.a]\ntext = {item.title|this} costs {item.price}.\n";
+    char err[256] = "";
+    templates *t = load_text(conf, both, 2, err, sizeof err);
+    assert_non_null(t);
+    promoted_item unpriced = item("Phone", 0, NULL);
+    template_input in = {.items = &unpriced, .n_items = 1};
+    buf out = BUF_INIT;
+    buf_puts(&out, "kept");
+    assert_int_equal(templates_render(t, "recommendation", "en-US", 0, &in, &out, NULL, NULL,
+                                      err, sizeof err), -1);
+    assert_string_equal(err, "{item.price} has nothing to show and no fallback "
+                             "(template recommendation.en-US.a)");
+    assert_string_equal(out.p, "kept"); /* nothing half-rendered is left behind */
+    assert_int_equal(out.len, 4);
+    buf_free(&out);
+    templates_free(t);
+}
+
+static void test_double_braces_are_literal_braces(void **state) {
+    (void)state;
+    static const char conf[] =
+        "[recommendation.zh-CN.a]\ntext = {{x}} {item.title|y} }}{{\n"
+        "[recommendation.en-US.a]\ntext = x\n";
+    char err[256];
+    templates *t = load_text(conf, both, 2, err, sizeof err);
+    assert_non_null(t);
+    promoted_item it = item("A", 0, NULL);
+    template_input in = {.items = &it, .n_items = 1};
+    expect_render(t, "zh-CN", 0, &in, "{x} A }{");
+    templates_free(t);
+}
+
+static void test_choice_picks_variants_in_name_order(void **state) {
+    (void)state;
+    static const char conf[] =
+        "[recommendation.en-US.c]\ntext = C\n"
+        "[recommendation.zh-CN.a]\ntext = 甲\n"
+        "[recommendation.en-US.a]\ntext = A\n"
+        "[welcome.en-US.a]\ntext = W\n"
+        "[recommendation.en-US.b]\ntext = B\n";
+    char err[256];
+    templates *t = load_text(conf, both, 2, err, sizeof err);
+    assert_non_null(t);
+    template_input in = {0};
+    const char *want[] = {"A", "B", "C", "A", "B", "C"};
+    for (uint64_t choice = 0; choice < 6; choice++)
+        expect_render(t, "en-US", choice, &in, want[choice]);
+    expect_render(t, "en-US", UINT64_MAX, &in, "A"); /* 2^64-1 is a multiple of 3 */
+    expect_render(t, "zh-CN", 12345, &in, "甲");
+
+    buf out = BUF_INIT;
+    const char *template_id = NULL, *variant_id = NULL;
+    assert_int_equal(templates_render(t, "recommendation", "en-US", 4, &in, &out, &template_id,
+                                      &variant_id, err, sizeof err), 0);
+    assert_string_equal(template_id, "recommendation.en-US.b");
+    assert_string_equal(variant_id, "b");
+    buf_free(&out);
+    templates_free(t);
+}
+
+static void test_unknown_intent_or_locale_fails_to_render(void **state) {
+    (void)state;
+    char err[256];
+    templates *t = load_text(LISTS, both, 2, err, sizeof err);
+    assert_non_null(t);
+    template_input in = {0};
+    buf out = BUF_INIT;
+    assert_int_equal(templates_render(t, "recommendation", "fr-FR", 0, &in, &out, NULL, NULL,
+                                      err, sizeof err), -1);
+    assert_string_equal(err, "no recommendation template for locale fr-FR");
+    assert_int_equal(templates_render(t, "welcome", "en-US", 0, &in, &out, NULL, NULL, err,
+                                      sizeof err), -1);
+    assert_string_equal(err, "no welcome template for locale en-US");
+    buf_free(&out);
+    templates_free(t);
+}
+
+static void test_indented_lines_continue_a_text(void **state) {
+    (void)state;
+    static const char conf[] =
+        "[recommendation.zh-CN.a]\n"
+        "text = 您可能会喜欢\n"
+        "    {item.title|这款商品}。\n"
+        "[recommendation.en-US.a]\n"
+        "text = You might like\n"
+        "    {item.title|this pick}\n"
+        "    today.\n";
+    char err[256];
+    templates *t = load_text(conf, both, 2, err, sizeof err);
+    assert_non_null(t);
+    template_input in = {0};
+    expect_render(t, "zh-CN", 0, &in, "您可能会喜欢这款商品。");
+    expect_render(t, "en-US", 0, &in, "You might like this pick today.");
+    templates_free(t);
+}
+
+static void test_load_errors_name_file_and_line(void **state) {
+    (void)state;
+    static const char ok_zh[] = "[recommendation.zh-CN.a]\ntext = 好\n";
+    char conf[1024];
+
+    snprintf(conf, sizeof conf, "%s\n[recommendation.en-US.a]\ntext = {item.colour|x}\n", ok_zh);
+    expect_load_error(conf, "F:5: unknown placeholder {item.colour} (known: item.title, "
+                            "item.price, items.titles, reasons)");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = {item.title|x\n", ok_zh);
+    expect_load_error(conf, "F:4: unbalanced '{' in \"{item.title|x\" (write {{ for a brace)");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = a {item.title{x}}\n", ok_zh);
+    expect_load_error(conf, "F:4: unbalanced '{' in \"{item.title{x}}\" (write {{ for a brace)");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = a } b\n", ok_zh);
+    expect_load_error(conf, "F:4: unbalanced '}' after \"a \" (write }} for a brace)");
+    expect_load_error(ok_zh, "F: no [recommendation.en-US.<variant>] template for locale en-US");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntitle = x\n", ok_zh);
+    expect_load_error(conf, "F:4: unknown key 'title' in [recommendation.en-US.a] "
+                            "(a template has only text)");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US]\ntext = x\n", ok_zh);
+    expect_load_error(conf, "F:4: section [recommendation.en-US] is not "
+                            "<intent>.<locale>.<variant> made of letters, digits, '_' and '-'");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = x\ntext = y\n", ok_zh);
+    expect_load_error(conf, "F:5: second text for [recommendation.en-US.a]");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext =\n", ok_zh);
+    expect_load_error(conf, "F:4: empty text in [recommendation.en-US.a]");
+    expect_load_error("text = x\n", "F:1: 'text' outside a [<intent>.<locale>.<variant>] section");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\njust words\n", ok_zh);
+    expect_load_error(conf, "F:4: expected [section], key = value or a comment");
+
+    /* The first error wins. */
+    snprintf(conf, sizeof conf, "[a.b.c]\ntext = {x}\n[d.e.f]\ntext = {y}\n");
+    expect_load_error(conf, "F:2: unknown placeholder {x} (known: item.title, item.price, "
+                            "items.titles, reasons)");
+
+    /* A line inih would cut in two is refused. */
+    char line[300];
+    memset(line, 'x', sizeof line - 1);
+    line[sizeof line - 1] = '\0';
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = %s\n", ok_zh, line);
+    expect_load_error(conf, "F:4: line longer than 197 bytes; continue the text on an "
+                            "indented line");
+}
+
+static void test_missing_file_is_a_load_error(void **state) {
+    (void)state;
+    char err[256] = "";
+    assert_null(templates_load("/nonexistent/templates.conf", both, 2, err, sizeof err));
+    assert_string_equal(err, "/nonexistent/templates.conf: cannot open: No such file or directory");
+    templates_free(NULL);
+}
+
+/* config/templates.conf, found from this file's path (tests build from the
+ * repository root). */
+static void shipped_path(char *path, size_t len) {
+    const char *self = __FILE__;
+    const char *tail = strstr(self, "tests/unit/test_template.c");
+    assert_non_null(tail);
+    snprintf(path, len, "%.*sconfig/templates.conf", (int)(tail - self), self);
+}
+
+static void test_shipped_templates_render_exact_copy_in_both_locales(void **state) {
+    (void)state;
+    char path[512], err[256] = "";
+    shipped_path(path, sizeof path);
+    templates *t = templates_load(path, both, 2, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+
+    promoted_item zh_items[] = {item("小米14", 3999000000, "CNY"), item("华为Mate 60", 0, NULL)};
+    copy_reason zh_reasons[] = {{.text = "高清屏幕"}, {.text = "超长续航"}};
+    template_input zh = {zh_items, 2, zh_reasons, 2};
+    expect_render(t, "zh-CN", 0, &zh, "您可能会喜欢小米14：它具备高清屏幕、超长续航，正合您意。");
+    expect_render(t, "zh-CN", 1, &zh, "为您精选小米14、华为Mate 60，首推小米14，售价¥3,999.00。");
+
+    promoted_item en_items[] = {item("Pixel 8", 699000000, "USD"), item("Galaxy S24", 0, NULL),
+                                item("iPhone 15", 0, NULL)};
+    copy_reason en_reasons[] = {{.text = "an HD screen"}, {.text = "all-day battery"}};
+    template_input en = {en_items, 3, en_reasons, 2};
+    expect_render(t, "en-US", 0, &en, "You might like Pixel 8: it has an HD screen and all-day "
+                                      "battery, just what you love.");
+    expect_render(t, "en-US", 1, &en, "Picked for you: Pixel 8, Galaxy S24 and iPhone 15. Our "
+                                      "top pick: Pixel 8 at $699.00.");
+
+    /* Nothing known at all: every placeholder has a fallback. */
+    template_input none = {0};
+    expect_render(t, "zh-CN", 0, &none, "您可能会喜欢这款商品：它具备您关注的特点，正合您意。");
+    expect_render(t, "zh-CN", 1, &none, "为您精选几款新品，首推这款商品，售价详见商品页。");
+    expect_render(t, "en-US", 0, &none, "You might like this pick: it has the features you look "
+                                        "for, just what you love.");
+    expect_render(t, "en-US", 1, &none, "Picked for you: a few new favorites. Our top pick: take "
+                                        "a look at today's price.");
+    templates_free(t);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_title_lists_join_per_locale_for_one_two_three_items),
+        cmocka_unit_test(test_reasons_join_like_titles_and_skip_empty_texts),
+        cmocka_unit_test(test_price_is_formatted_for_locale_and_currency),
+        cmocka_unit_test(test_fallback_replaces_a_missing_or_empty_field),
+        cmocka_unit_test(test_missing_field_without_fallback_fails_naming_the_placeholder),
+        cmocka_unit_test(test_double_braces_are_literal_braces),
+        cmocka_unit_test(test_choice_picks_variants_in_name_order),
+        cmocka_unit_test(test_unknown_intent_or_locale_fails_to_render),
+        cmocka_unit_test(test_indented_lines_continue_a_text),
+        cmocka_unit_test(test_load_errors_name_file_and_line),
+        cmocka_unit_test(test_missing_file_is_a_load_error),
+        cmocka_unit_test(test_shipped_templates_render_exact_copy_in_both_locales),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
