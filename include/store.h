@@ -8,6 +8,15 @@
  * User ids containing '{' or '}' would break the tag, so for those the tag is
  * the hex XXH3 of the id instead (documented in docs/ARCHITECTURE.md).
  *
+ * Outbox index. A copy waits in its user's hash (field "o.<partition>.<offset>")
+ * until the offset that caused it is committed; then it is deleted. So that a
+ * crash between the commit and the deletion leaves nothing behind, every
+ * outbox copy is also listed in <prefix>:outbox:<partition>, a sorted set
+ * scored by offset with members "<offset>:<user id>". Whoever owns the
+ * partition next reads the entries below the committed offset and deletes
+ * them. The index is a hint kept in a slot of its own: an entry whose copy is
+ * already gone costs one no-op HDEL.
+ *
  * Writes are compare-and-set on "v": a write names the version its state was
  * read at, and the script applies it only if the hash still has that version,
  * then bumps it and refreshes the TTL. A state computed from a stale read --
@@ -52,31 +61,35 @@ store_status store_load(store *st, const char *const *user_ids, user_state *cons
                         size_t n, char *errstr, size_t errlen);
 
 /* One user's write: the fields of state selected by its dirty bits, written
- * if the hash is still at state->version, plus extra fields to delete
- * (outbox entries already committed). */
+ * if the hash is still at state->version. Its fresh outbox copies are added
+ * to the outbox index in the same pipeline, ahead of the write. */
 typedef struct {
     const char *user_id;
     user_state *state;
-    const char *const *del;   /* [n_del] field names to delete; may be NULL */
-    size_t n_del;
     int conflict;             /* out: 1 when the hash had another version */
 } store_write;
 
-/* Deletes fields from a user's hash without a version check; used to drop
- * outbox copies once the offsets covering them are committed. Deleting an
- * already-absent field is harmless, so these need no CAS. */
+/* An outbox copy: whose, and the source position that caused it. */
 typedef struct {
     const char *user_id;
-    const char *const *fields; /* [n] */
-    size_t n;
-} store_purge;
+    int32_t partition;
+    int64_t offset;
+} store_outbox_ref;
 
-/* Sends n writes and np purges in one pipelined round trip. For each write
- * that was applied, state->version becomes the new version and the state is
- * marked clean; a refused one has conflict = 1 and its state is untouched.
- * Returns STORE_OK when every reply arrived (conflicts included). */
-store_status store_write_batch(store *st, store_write *w, size_t n, const store_purge *p,
+/* Sends n writes and the deletion of np committed outbox copies (from the
+ * hash and from the index; no CAS needed, deleting twice is harmless) in
+ * one pipelined round trip. For each write that was applied, state->version
+ * becomes the new version and the state is marked clean; a refused one has
+ * conflict = 1 and its state is untouched. Returns STORE_OK when every reply
+ * arrived (conflicts included). */
+store_status store_write_batch(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
                                size_t np, char *errstr, size_t errlen);
+
+/* Calls fn for every outbox index entry of partition with an offset below
+ * `below` (one round trip). The user id is not NUL-terminated. */
+typedef void (*store_outbox_fn)(const char *user_id, size_t user_len, int64_t offset, void *ud);
+store_status store_outbox_scan(store *st, int32_t partition, int64_t below, store_outbox_fn fn,
+                               void *ud, char *errstr, size_t errlen);
 
 /* PING, for health checks and reconnection after an outage. */
 store_status store_ping(store *st, char *errstr, size_t errlen);

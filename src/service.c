@@ -110,6 +110,25 @@ typedef struct {
     int64_t min, max;         /* offsets seen in this batch */
 } svc_span;
 
+/* What a staged batch leaves behind once its copies are handed to the
+ * producer: the offsets to commit when the broker has acknowledged them, and
+ * what to report then. While one batch waits for its acks the next one is
+ * staged, so waiting costs no throughput; commits stay in order. */
+typedef struct {
+    int active;               /* staged, not yet completed */
+    svc_span *spans;          /* [n_spans] */
+    size_t n_spans, cap_spans;
+    kafka_delivery dr;        /* this batch's delivery reports */
+    uint64_t expected;        /* messages it produced */
+    int64_t t0;               /* when staging began */
+    int64_t *polled_us;       /* [n_polled] (capacity batch_max): poll times */
+    size_t n_polled;
+    uint64_t events[EV__COUNT], reactions[RX__COUNT], dead;
+    uint64_t skipped_dup, skipped_redelivered;
+    uint64_t suppressed[3];   /* by MET_SUPPRESSED_* - MET_SUPPRESSED_MIN_INTERVAL */
+    uint64_t *copies;         /* [n_locales] copies published, by locale */
+} svc_flight;
+
 typedef struct svc {
     const config *cfg;
     /* settings */
@@ -143,17 +162,14 @@ typedef struct svc {
     store_write *writes;      /* scratch, capacity batch_max */
     user_state **load_states; /* scratch */
     const char **load_ids;
-    svc_span *spans;
-    size_t n_spans, cap_spans;
-    kafka_delivery batch_dr;
-    uint64_t batch_expected;
+    svc_flight flight[2];     /* the batch being staged, and the one awaiting acks */
+    int cur;                  /* index of the batch being staged */
+    rd_kafka_topic_t *rkt_react; /* the reactions topic's handle, to tell messages apart */
     buf scratch, text;
     /* outbox copies awaiting a covering commit, and purges to send */
     svc_outbox_ref *refs;
     size_t n_refs, cap_refs;
-    char **purge_users;       /* [n_purges] */
-    char (**purge_fields)[48];/* [n_purges] arrays of field names */
-    size_t *purge_nfields;
+    svc_outbox_ref *purges;   /* [n_purges] committed copies to delete next round trip */
     size_t n_purges, cap_purges;
     int64_t *committed;       /* next offset to consume, by clickstream partition */
     size_t n_committed;
@@ -163,6 +179,9 @@ typedef struct svc {
     int64_t last_activity_us;
     int64_t last_lag_us;
     int backoff_ms;
+    /* totals for the exit summary */
+    uint64_t total_events, total_reactions, total_copies, total_dead;
+    int64_t first_poll_us, last_commit_us;
     /* health, read by the HTTP thread */
     atomic_int redis_ok;
     atomic_int kafka_ok;
@@ -231,7 +250,12 @@ static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
     if (s->max_reasons > STRATEGY_MAX_REASONS) s->max_reasons = STRATEGY_MAX_REASONS;
     if (!(s->locales = svc_split(config_str(c, "copy.locales"), &s->n_locales)))
         return util_err(errstr, errlen, "out of memory");
-    s->default_locale = config_str(c, "copy.default_locale");
+    /* The default is one of copy.locales (config.c checks): point at that
+     * entry so that a locale is always one of s->locales by address. */
+    s->default_locale = s->locales[0];
+    for (size_t i = 0; i < s->n_locales; i++)
+        if (strcmp(s->locales[i], config_str(c, "copy.default_locale")) == 0)
+            s->default_locale = s->locales[i];
     s->batch_max = (size_t)config_int(c, "batch.max_events");
     s->batch_wait_ms = (int)config_int(c, "batch.max_wait_ms");
     s->shutdown_ms = config_int(c, "shutdown.timeout_s") * 1000;
@@ -293,17 +317,23 @@ static uint8_t svc_topic_kind(const svc *s, const char *topic) {
 
 /* ---- outbox references and purges ----------------------------------------- */
 
-static void svc_add_ref(svc *s, const char *user_id, int32_t partition, int64_t offset) {
-    if (s->n_refs == s->cap_refs) {
-        size_t cap = s->cap_refs ? s->cap_refs * 2 : 256;
-        svc_outbox_ref *v = realloc(s->refs, cap * sizeof *v);
-        if (!v) return; /* the copy then lives until the user's TTL */
-        s->refs = v;
-        s->cap_refs = cap;
+/* Appends a reference to an array of them, taking a copy of the user id. */
+static void svc_ref_push(svc_outbox_ref **v, size_t *n, size_t *cap, const char *user_id,
+                         size_t user_len, int32_t partition, int64_t offset) {
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 256;
+        svc_outbox_ref *nv = realloc(*v, c * sizeof *nv);
+        if (!nv) return; /* the copy then lives until the user's TTL */
+        *v = nv;
+        *cap = c;
     }
-    char *id = strdup(user_id);
+    char *id = strndup(user_id, user_len);
     if (!id) return;
-    s->refs[s->n_refs++] = (svc_outbox_ref){id, partition, offset};
+    (*v)[(*n)++] = (svc_outbox_ref){id, partition, offset};
+}
+
+static void svc_add_ref(svc *s, const char *user_id, int32_t partition, int64_t offset) {
+    svc_ref_push(&s->refs, &s->n_refs, &s->cap_refs, user_id, strlen(user_id), partition, offset);
 }
 
 static int64_t svc_committed(const svc *s, int32_t partition) {
@@ -323,38 +353,8 @@ static void svc_set_committed(svc *s, int32_t partition, int64_t next_offset) {
     if (next_offset > s->committed[partition]) s->committed[partition] = next_offset;
 }
 
-/* Queues an HDEL of one outbox field for the next round trip. */
-static void svc_queue_purge(svc *s, const char *user_id, int32_t partition, int64_t offset) {
-    size_t i = 0;
-    while (i < s->n_purges && strcmp(s->purge_users[i], user_id) != 0) i++;
-    if (i == s->n_purges) {
-        if (s->n_purges == s->cap_purges) {
-            size_t cap = s->cap_purges ? s->cap_purges * 2 : 64;
-            char **u = realloc(s->purge_users, cap * sizeof *u);
-            if (u) s->purge_users = u;
-            char(**f)[48] = realloc(s->purge_fields, cap * sizeof *f);
-            if (f) s->purge_fields = f;
-            size_t *nf = realloc(s->purge_nfields, cap * sizeof *nf);
-            if (nf) s->purge_nfields = nf;
-            if (!u || !f || !nf) return;
-            s->cap_purges = cap;
-        }
-        if (!(s->purge_users[i] = strdup(user_id))) return;
-        s->purge_fields[i] = NULL;
-        s->purge_nfields[i] = 0;
-        s->n_purges++;
-    }
-    char(*f)[48] = realloc(s->purge_fields[i], (s->purge_nfields[i] + 1) * sizeof *f);
-    if (!f) return;
-    s->purge_fields[i] = f;
-    userstate_outbox_field(partition, offset, f[s->purge_nfields[i]++]);
-}
-
 static void svc_clear_purges(svc *s) {
-    for (size_t i = 0; i < s->n_purges; i++) {
-        free(s->purge_users[i]);
-        free(s->purge_fields[i]);
-    }
+    for (size_t i = 0; i < s->n_purges; i++) free(s->purges[i].user_id);
     s->n_purges = 0;
 }
 
@@ -366,10 +366,19 @@ static void svc_refs_committed(svc *s) {
         svc_outbox_ref *r = &s->refs[i];
         int64_t c = svc_committed(s, r->partition);
         if (c >= 0 && r->offset < c) {
-            svc_queue_purge(s, r->user_id, r->partition, r->offset);
             user_state *st = cache_peek(s->cache, r->user_id);
             if (st) userstate_outbox_trim(st, r->partition, c);
-            free(r->user_id);
+            if (s->n_purges == s->cap_purges) {
+                size_t cap = s->cap_purges ? s->cap_purges * 2 : 256;
+                svc_outbox_ref *v = realloc(s->purges, cap * sizeof *v);
+                if (!v) { /* keep it referenced; retried after the next commit */
+                    s->refs[keep++] = *r;
+                    continue;
+                }
+                s->purges = v;
+                s->cap_purges = cap;
+            }
+            s->purges[s->n_purges++] = *r; /* the user id moves along */
             continue;
         }
         s->refs[keep++] = *r;
@@ -392,46 +401,25 @@ static void svc_refs_drop_partition(svc *s, int32_t partition) {
     s->n_refs = keep;
 }
 
-/* Builds the store_purge views of the queue; returns how many. */
-static size_t svc_purge_views(svc *s, store_purge **out) {
-    if (!s->n_purges) {
-        *out = NULL;
-        return 0;
-    }
-    store_purge *p = calloc(s->n_purges, sizeof *p);
-    const char ***names = calloc(s->n_purges, sizeof *names);
-    if (!p || !names) {
-        free(p);
-        free(names);
-        *out = NULL;
-        return 0;
-    }
-    size_t n = 0;
-    for (size_t i = 0; i < s->n_purges; i++) {
-        names[i] = malloc(s->purge_nfields[i] * sizeof **names);
-        if (!names[i]) continue;
-        for (size_t k = 0; k < s->purge_nfields[i]; k++) names[i][k] = s->purge_fields[i][k];
-        p[n++] = (store_purge){s->purge_users[i], names[i], s->purge_nfields[i]};
-    }
-    free(names); /* the arrays stay reachable through p[i].fields */
-    *out = p;
-    return n;
-}
-
-static void svc_free_purge_views(store_purge *p, size_t n) {
-    for (size_t i = 0; i < n; i++) free((void *)p[i].fields);
-    free(p);
+/* The purge queue as the store wants it (views into the queue). */
+static store_outbox_ref *svc_purge_views(svc *s) {
+    if (!s->n_purges) return NULL;
+    store_outbox_ref *v = malloc(s->n_purges * sizeof *v);
+    for (size_t i = 0; v && i < s->n_purges; i++)
+        v[i] = (store_outbox_ref){s->purges[i].user_id, s->purges[i].partition,
+                                  s->purges[i].offset};
+    return v;
 }
 
 /* Sends queued purges on their own round trip (when idle, or before giving
  * up partitions). Failures keep them queued. */
 static void svc_flush_purges(svc *s) {
     if (!s->n_purges) return;
-    store_purge *p;
-    size_t np = svc_purge_views(s, &p);
+    store_outbox_ref *p = svc_purge_views(s);
+    if (!p) return;
     char err[512];
-    store_status st = store_write_batch(s->store, NULL, 0, p, np, err, sizeof err);
-    svc_free_purge_views(p, np);
+    store_status st = store_write_batch(s->store, NULL, 0, p, s->n_purges, err, sizeof err);
+    free(p);
     metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
     if (st == STORE_OK) {
         svc_clear_purges(s);
@@ -451,7 +439,8 @@ static void svc_header_i64(rd_kafka_headers_t *h, const char *name, int64_t v) {
 
 /* Produces the message of item it to the dead-letter topic, unchanged, with
  * headers saying why and where it came from. Returns 0 or -1. */
-static int svc_dead_letter(svc *s, svc_item *it, codec_status why, const char *detail) {
+static int svc_dead_letter(svc *s, svc_flight *f, svc_item *it, codec_status why,
+                           const char *detail) {
     const rd_kafka_message_t *m = it->msg;
     rd_kafka_headers_t *h = rd_kafka_headers_new(8);
     const char *reason = codec_status_name(why);
@@ -463,24 +452,23 @@ static int svc_dead_letter(svc *s, svc_item *it, codec_status why, const char *d
     svc_header_i64(h, "copystream.source.timestamp", rd_kafka_message_timestamp(m, NULL));
     char err[512];
     if (kafka_produce(s->producer, s->t_dlq, m->key, m->key_len, m->payload, m->len, h,
-                      &s->batch_dr, err, sizeof err) < 0) {
+                      &f->dr, err, sizeof err) < 0) {
         rd_kafka_headers_destroy(h); /* not taken over on failure */
         log_error("service", "dead-lettering %s[%" PRId32 "]@%" PRId64 ": %s",
                   rd_kafka_topic_name(m->rkt), m->partition, m->offset, err);
         return -1;
     }
-    s->batch_expected++;
+    f->expected++;
     log_warn("service", "dead-lettered %s[%" PRId32 "]@%" PRId64 ": %s: %s",
              rd_kafka_topic_name(m->rkt), m->partition, m->offset, reason, detail);
     return 0;
 }
 
-static int svc_decode(svc *s, svc_item *it) {
+static int svc_decode(svc *s, svc_flight *f, svc_item *it) {
     const rd_kafka_message_t *m = it->msg;
-    const char *topic = rd_kafka_topic_name(m->rkt);
     char why[256] = "";
     codec_status st;
-    if (strcmp(topic, s->t_react) == 0) {
+    if (m->rkt == s->rkt_react) {
         st = codec_decode_reaction(s->codec, m->payload, m->len, &it->rx, why, sizeof why);
         if (st == CODEC_OK) it->kind = SVC_REACTION;
     } else {
@@ -490,7 +478,7 @@ static int svc_decode(svc *s, svc_item *it) {
     if (st == CODEC_OK) return 0;
     it->kind = SVC_DEAD;
     metrics_inc_dead_letter(st, 1);
-    return svc_dead_letter(s, it, st, why[0] ? why : codec_status_name(st));
+    return svc_dead_letter(s, f, it, st, why[0] ? why : codec_status_name(st));
 }
 
 /* ---- applying a user's inputs --------------------------------------------- */
@@ -632,19 +620,31 @@ static int svc_apply_user(svc *s, svc_user *u) {
 
 /* ---- the batch -------------------------------------------------------------- */
 
-static svc_span *svc_span_for(svc *s, const rd_kafka_message_t *m) {
-    const char *topic = rd_kafka_topic_name(m->rkt);
-    int t = strcmp(topic, s->t_react) == 0 ? 1 : 0;
-    for (size_t i = 0; i < s->n_spans; i++)
-        if (s->spans[i].topic == t && s->spans[i].partition == m->partition) return &s->spans[i];
-    if (s->n_spans == s->cap_spans) {
-        size_t cap = s->cap_spans ? s->cap_spans * 2 : 16;
-        svc_span *v = realloc(s->spans, cap * sizeof *v);
+static void svc_flight_reset(svc_flight *f, size_t n_locales) {
+    f->active = 0;
+    f->n_spans = 0;
+    memset(&f->dr, 0, sizeof f->dr);
+    f->expected = 0;
+    f->n_polled = 0;
+    memset(f->events, 0, sizeof f->events);
+    memset(f->reactions, 0, sizeof f->reactions);
+    f->dead = f->skipped_dup = f->skipped_redelivered = 0;
+    memset(f->suppressed, 0, sizeof f->suppressed);
+    memset(f->copies, 0, n_locales * sizeof *f->copies);
+}
+
+static svc_span *svc_span_for(svc *s, svc_flight *f, const rd_kafka_message_t *m) {
+    int t = m->rkt == s->rkt_react ? 1 : 0;
+    for (size_t i = 0; i < f->n_spans; i++)
+        if (f->spans[i].topic == t && f->spans[i].partition == m->partition) return &f->spans[i];
+    if (f->n_spans == f->cap_spans) {
+        size_t cap = f->cap_spans ? f->cap_spans * 2 : 16;
+        svc_span *v = realloc(f->spans, cap * sizeof *v);
         if (!v) return NULL;
-        s->spans = v;
-        s->cap_spans = cap;
+        f->spans = v;
+        f->cap_spans = cap;
     }
-    svc_span *sp = &s->spans[s->n_spans++];
+    svc_span *sp = &f->spans[f->n_spans++];
     *sp = (svc_span){t, m->partition, m->offset, m->offset};
     return sp;
 }
@@ -654,7 +654,7 @@ static const char *svc_span_topic(const svc *s, const svc_span *sp) {
 }
 
 /* Frees the batch's messages, records and states. keep_states: return the
- * states to the cache (after success) instead of dropping them. */
+ * states to the cache (they are in Redis now) instead of dropping them. */
 static void svc_end_batch(svc *s, int keep_states) {
     for (size_t i = 0; i < s->n_users; i++) {
         svc_user *u = &s->users[i];
@@ -670,19 +670,31 @@ static void svc_end_batch(svc *s, int keep_states) {
         rd_kafka_message_destroy(s->items[i].msg);
     }
     metrics_set(MET_STATE_CACHE_BYTES, (int64_t)cache_bytes(s->cache));
-    s->n_items = s->n_users = s->n_spans = 0;
+    s->n_items = s->n_users = 0;
     dict_clear(s->user_index);
 }
 
-/* Rewinds the consumer to the first offset of every partition in the batch,
- * so that the batch is fetched and processed again. */
-static void svc_rewind(svc *s) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_spans);
-    for (size_t i = 0; i < s->n_spans; i++) {
-        const svc_span *sp = &s->spans[i];
-        if (!svc_find_assigned(s, svc_span_topic(s, sp), sp->partition)) continue;
-        rd_kafka_topic_partition_list_add(l, svc_span_topic(s, sp), sp->partition)->offset =
-            sp->min;
+/* Rewinds the consumer to the first offset, per partition, of the batches
+ * given (either may be NULL), so that they are fetched and processed again. */
+static void svc_rewind(svc *s, const svc_flight *a, const svc_flight *b) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    const svc_flight *fs[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; fs[k] && i < fs[k]->n_spans; i++) {
+            const svc_span *sp = &fs[k]->spans[i];
+            const char *topic = svc_span_topic(s, sp);
+            svc_assigned *as = svc_find_assigned(s, topic, sp->partition);
+            if (!as) continue;
+            as->eof = 0;
+            rd_kafka_topic_partition_t *tp =
+                rd_kafka_topic_partition_list_find(l, topic, sp->partition);
+            if (!tp) {
+                tp = rd_kafka_topic_partition_list_add(l, topic, sp->partition);
+                tp->offset = sp->min;
+            } else if (sp->min < tp->offset) {
+                tp->offset = sp->min;
+            }
+        }
     }
     if (l->cnt) {
         rd_kafka_error_t *e = rd_kafka_seek_partitions(s->consumer, l, 10000);
@@ -728,29 +740,29 @@ static void svc_count_store_error(store_status st) {
     metrics_inc(st == STORE_RETRY ? MET_REDIS_ERR_CONNECTION : MET_REDIS_ERR_REPLY, 1);
 }
 
-/* Waits until every message of this batch is acknowledged or failed. */
-static int svc_wait_acks(svc *s) {
+/* Waits until every message of batch f is acknowledged or failed. */
+static int svc_wait_acks(svc *s, svc_flight *f) {
     int64_t deadline = util_monotonic_us() + 180 * 1000000LL;
-    while (s->batch_dr.acked + s->batch_dr.failed < s->batch_expected) {
+    while (f->dr.acked + f->dr.failed < f->expected) {
         rd_kafka_poll(s->producer, 5);
         if (util_monotonic_us() > deadline) {
             log_error("service", "no delivery report for %" PRIu64 " messages after 180 s",
-                      s->batch_expected - s->batch_dr.acked - s->batch_dr.failed);
+                      f->expected - f->dr.acked - f->dr.failed);
             return -1;
         }
     }
-    if (s->batch_dr.failed) {
-        log_error("service", "%" PRIu64 " messages of the batch were not delivered: %s",
-                  s->batch_dr.failed, rd_kafka_err2str(s->batch_dr.last_err));
-        metrics_inc(MET_KAFKA_ERR_PRODUCE, s->batch_dr.failed);
+    if (f->dr.failed) {
+        log_error("service", "%" PRIu64 " messages of a batch were not delivered: %s",
+                  f->dr.failed, rd_kafka_err2str(f->dr.last_err));
+        metrics_inc(MET_KAFKA_ERR_PRODUCE, f->dr.failed);
         return -1;
     }
     return 0;
 }
 
 /* Replaces a producer that hit a fatal error (an idempotence sequence gap
- * that librdkafka cannot repair). What it had not delivered belongs to a
- * batch that failed and will run again, so nothing is lost. */
+ * that librdkafka cannot repair). What it had not delivered belongs to
+ * batches that failed and will run again, so nothing is lost. */
 static int svc_renew_producer(svc *s) {
     char err[512];
     log_warn("service", "recreating the producer after a fatal error");
@@ -767,19 +779,18 @@ static int svc_renew_producer(svc *s) {
     return 0;
 }
 
-/* Commits the batch's offsets. Returns 0 or -1 (offsets stay uncommitted;
- * the next commit covers them). */
-static int svc_commit(svc *s) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_spans);
-    for (size_t i = 0; i < s->n_spans; i++)
-        rd_kafka_topic_partition_list_add(l, svc_span_topic(s, &s->spans[i]),
-                                          s->spans[i].partition)->offset = s->spans[i].max + 1;
+/* Commits batch f's offsets. Returns 0 or -1 (offsets stay uncommitted; a
+ * later commit covers them, or they are processed again, harmlessly). */
+static int svc_commit(svc *s, const svc_flight *f) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)f->n_spans);
+    for (size_t i = 0; i < f->n_spans; i++)
+        rd_kafka_topic_partition_list_add(l, svc_span_topic(s, &f->spans[i]),
+                                          f->spans[i].partition)->offset = f->spans[i].max + 1;
     rd_kafka_resp_err_t err = rd_kafka_commit(s->consumer, l, 0 /* sync */);
     int rc = 0;
     if (err) {
         /* During a rebalance the coordinator refuses commits; the revoke
-         * callback commits what is being given up. Nothing is lost: the
-         * offsets are committed by a later batch or reprocessed. */
+         * callback commits what is being given up. */
         log_warn("service", "commit: %s", rd_kafka_err2str(err));
         metrics_inc(MET_KAFKA_ERR_COMMIT, 1);
         rc = -1;
@@ -792,41 +803,80 @@ static int svc_commit(svc *s) {
     return rc;
 }
 
-static void svc_count_outcomes(svc *s, int64_t now_us) {
+/* Records what the staged batch did, for the metrics reported once it is
+ * committed. */
+static void svc_flight_tally(svc *s, svc_flight *f) {
     for (size_t i = 0; i < s->n_items; i++) {
         svc_item *it = &s->items[i];
-        metrics_observe_processing((double)(now_us - it->polled_us) / 1e6, 1);
-        if (it->kind == SVC_CLICK) {
-            metrics_inc_event(it->click.type, 1);
-        } else if (it->kind == SVC_REACTION) {
-            metrics_inc_reaction(it->rx.type, 1);
+        f->polled_us[f->n_polled++] = it->polled_us;
+        if (it->kind == SVC_CLICK) f->events[it->click.type]++;
+        else if (it->kind == SVC_REACTION) f->reactions[it->rx.type]++;
+        else f->dead++;
+        f->skipped_dup += it->outcome == US_DUPLICATE;
+        f->skipped_redelivered += it->outcome == US_ALREADY_APPLIED;
+        if (it->suppressed) f->suppressed[it->suppressed - 1 - MET_SUPPRESSED_MIN_INTERVAL]++;
+        if (it->publish && it->kind == SVC_CLICK) {
+            const char *loc = svc_locale(s, it->user->st.locale);
+            for (size_t k = 0; k < s->n_locales; k++)
+                if (s->locales[k] == loc) f->copies[k]++;
         }
-        if (it->outcome == US_DUPLICATE) metrics_inc(MET_SKIPPED_DUPLICATE, 1);
-        if (it->outcome == US_ALREADY_APPLIED) metrics_inc(MET_SKIPPED_REDELIVERED, 1);
-        if (it->suppressed) metrics_inc((metric_id)(it->suppressed - 1), 1);
-        if (it->publish && it->kind == SVC_CLICK)
-            metrics_inc_copies(svc_locale(s, it->user->st.locale), SVC_STRATEGY, 1);
     }
 }
 
-/* Processes the collected batch; see the top of the file. Returns 0 when the
- * batch is done (committed or not), -1 when it failed and was rewound. */
-static int svc_process_batch(svc *s) {
-    if (!s->n_items) return 0;
-    int64_t t0 = util_monotonic_us();
-    char err[512] = "";
+static void svc_flight_report(svc *s, const svc_flight *f, int64_t now_us) {
+    if (!s->first_poll_us && f->n_polled) s->first_poll_us = f->polled_us[0];
+    s->last_commit_us = now_us;
+    for (size_t i = 0; i < f->n_polled; i++)
+        metrics_observe_processing((double)(now_us - f->polled_us[i]) / 1e6, 1);
+    for (int t = 0; t < EV__COUNT; t++) {
+        metrics_inc_event((event_type)t, f->events[t]);
+        s->total_events += f->events[t];
+    }
+    for (int t = 0; t < RX__COUNT; t++) {
+        metrics_inc_reaction((reaction_type)t, f->reactions[t]);
+        s->total_reactions += f->reactions[t];
+    }
+    s->total_dead += f->dead;
+    metrics_inc(MET_SKIPPED_DUPLICATE, f->skipped_dup);
+    metrics_inc(MET_SKIPPED_REDELIVERED, f->skipped_redelivered);
+    for (int k = 0; k < 3; k++)
+        metrics_inc((metric_id)(MET_SUPPRESSED_MIN_INTERVAL + k), f->suppressed[k]);
+    for (size_t k = 0; k < s->n_locales; k++) {
+        metrics_inc_copies(s->locales[k], SVC_STRATEGY, f->copies[k]);
+        s->total_copies += f->copies[k];
+    }
+    metrics_observe_batch((double)(now_us - f->t0) / 1e6);
+    metrics_inc(MET_BATCHES, 1);
+}
+
+/* Finishes a staged batch: waits for its acks, commits its offsets, reports
+ * it. Returns 0, or -1 when a message was not delivered (the batch must run
+ * again; the caller rewinds). */
+static int svc_complete(svc *s, svc_flight *f) {
+    if (svc_wait_acks(s, f) < 0) return -1;
+    int committed = svc_commit(s, f) == 0;
+    svc_flight_report(s, f, util_monotonic_us());
+    f->active = 0;
+    if (committed) svc_refs_committed(s);
+    atomic_store(&s->kafka_ok, 1);
+    return 0;
+}
+
+/* Stages the collected batch into f: decode, dead-letter, load, apply,
+ * write, publish. Returns 0, or -1 with the reason in err (the batch's
+ * states are then unreliable and must be dropped). */
+static int svc_stage(svc *s, svc_flight *f, char *err, size_t errlen) {
     store_status st = STORE_OK;
-    memset(&s->batch_dr, 0, sizeof s->batch_dr);
-    s->batch_expected = 0;
+    f->t0 = util_monotonic_us();
 
     /* 1. decode, dead-letter, group by user */
     for (size_t i = 0; i < s->n_items; i++) {
         svc_item *it = &s->items[i];
-        if (!svc_span_for(s, it->msg)) goto fail;
-        svc_span *sp = svc_span_for(s, it->msg);
+        svc_span *sp = svc_span_for(s, f, it->msg);
+        if (!sp) return util_err(err, errlen, "out of memory");
         if (it->msg->offset < sp->min) sp->min = it->msg->offset;
         if (it->msg->offset > sp->max) sp->max = it->msg->offset;
-        if (svc_decode(s, it) < 0) goto fail;
+        if (svc_decode(s, f, it) < 0) return util_err(err, errlen, "dead-lettering failed");
         if (it->kind == SVC_DEAD) continue;
         const char *uid = it->kind == SVC_CLICK ? it->click.user_id : it->rx.user_id;
         svc_user *u = dict_get(s->user_index, uid);
@@ -835,7 +885,7 @@ static int svc_process_batch(svc *s) {
             memset(u, 0, sizeof *u);
             u->user_id = uid;
             u->part[0] = u->part[1] = -1;
-            if (dict_set(s->user_index, uid, u) < 0) goto fail;
+            if (dict_set(s->user_index, uid, u) < 0) return util_err(err, errlen, "out of memory");
             u->have_state = cache_take(s->cache, uid, &u->st);
             metrics_inc(u->have_state ? MET_STATE_CACHE_HIT : MET_STATE_CACHE_MISS, 1);
         }
@@ -848,7 +898,7 @@ static int svc_process_batch(svc *s) {
 
     /* 2-4. load, apply, write; users refused by the CAS are re-read and
      * re-applied until the write goes through. */
-    if ((st = svc_load_missing(s, err, sizeof err)) != STORE_OK) goto fail_store;
+    if ((st = svc_load_missing(s, err, errlen)) != STORE_OK) goto fail_store;
     for (size_t i = 0; i < s->n_users; i++) s->users[i].conflict = 1;
     for (int attempt = 0;; attempt++) {
         size_t nw = 0;
@@ -856,17 +906,14 @@ static int svc_process_batch(svc *s) {
             svc_user *u = &s->users[i];
             if (!u->conflict) continue;
             u->conflict = 0;
-            if (svc_apply_user(s, u) < 0) {
-                util_err(err, sizeof err, "out of memory applying events");
-                goto fail;
-            }
+            if (svc_apply_user(s, u) < 0) return util_err(err, errlen, "out of memory");
             if (u->st.dirty)
                 s->writes[nw++] = (store_write){.user_id = u->user_id, .state = &u->st};
         }
-        store_purge *purges;
-        size_t np = svc_purge_views(s, &purges);
-        st = store_write_batch(s->store, s->writes, nw, purges, np, err, sizeof err);
-        svc_free_purge_views(purges, np);
+        store_outbox_ref *purges = svc_purge_views(s);
+        size_t np = purges ? s->n_purges : 0;
+        st = store_write_batch(s->store, s->writes, nw, purges, np, err, errlen);
+        free(purges);
         metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
         if (st != STORE_OK) goto fail_store;
         svc_clear_purges(s);
@@ -881,66 +928,125 @@ static int svc_process_batch(svc *s) {
         }
         if (!conflicts) break;
         metrics_inc(MET_REDIS_ERR_CONFLICT, conflicts);
-        if (attempt + 1 == SVC_MAX_WRITE_ATTEMPTS) {
-            util_err(err, sizeof err, "%zu users still changed by someone else after %d attempts",
-                     conflicts, SVC_MAX_WRITE_ATTEMPTS);
-            goto fail;
-        }
+        if (attempt + 1 == SVC_MAX_WRITE_ATTEMPTS)
+            return util_err(err, errlen, "%zu users still changed by someone else after %d tries",
+                            conflicts, SVC_MAX_WRITE_ATTEMPTS);
         log_info("service", "%zu users changed in Redis since read; re-reading them", conflicts);
-        if ((st = svc_load_missing(s, err, sizeof err)) != STORE_OK) goto fail_store;
+        if ((st = svc_load_missing(s, err, errlen)) != STORE_OK) goto fail_store;
     }
     atomic_store(&s->redis_ok, 1);
 
-    /* 5. publish copies, wait for every ack (dead letters included) */
+    /* 5. publish the copies: new ones and outbox copies of redelivered events */
     for (size_t i = 0; i < s->n_items; i++) {
         svc_item *it = &s->items[i];
         if (!it->publish) continue;
-        const us_outbox *o = userstate_outbox_find(&it->user->st, it->msg->partition,
-                                                   it->msg->offset);
+        const us_outbox *o =
+            userstate_outbox_find(&it->user->st, it->msg->partition, it->msg->offset);
         if (!o) continue;
-        if (o->fresh == 0 && it->outcome == US_APPLIED) { /* unreachable: written above */ }
         if (kafka_produce(s->producer, s->t_copy, it->user->user_id, strlen(it->user->user_id),
-                          o->msg.p, o->msg.len, NULL, &s->batch_dr, err, sizeof err) < 0)
-            goto fail;
-        s->batch_expected++;
+                          o->msg.p, o->msg.len, NULL, &f->dr, err, errlen) < 0)
+            return -1;
+        f->expected++;
         if (it->outcome == US_APPLIED)
             svc_add_ref(s, it->user->user_id, it->msg->partition, it->msg->offset);
     }
-    if (svc_wait_acks(s) < 0) {
-        util_err(err, sizeof err, "publishing failed");
-        goto fail;
-    }
-
-    /* 6. commit, then hand back states and schedule outbox purges */
-    int committed = svc_commit(s) == 0;
-    int64_t t1 = util_monotonic_us();
-    svc_count_outcomes(s, t1);
-    metrics_observe_batch((double)(t1 - t0) / 1e6);
-    metrics_inc(MET_BATCHES, 1);
-    svc_end_batch(s, 1);
-    if (committed) svc_refs_committed(s);
-    s->backoff_ms = 0;
-    atomic_store(&s->kafka_ok, 1);
+    svc_flight_tally(s, f);
     return 0;
 
 fail_store:
     svc_count_store_error(st);
     atomic_store(&s->redis_ok, 0);
-fail:
-    log_error("service", "batch of %zu messages failed, will retry: %s", s->n_items, err);
-    if (s->dr.fatal || s->batch_dr.fatal) {
+    return -1;
+}
+
+/* After a failure: nothing of the failed batches may stay in flight, and the
+ * consumer goes back to their first offsets so they run again. Batches
+ * whose Redis writes are done keep their cached states (they match Redis);
+ * a batch that failed while staging drops them. */
+static void svc_recover(svc *s, svc_flight *a, svc_flight *b, int drop_batch) {
+    int fatal = s->dr.fatal || s->flight[0].dr.fatal || s->flight[1].dr.fatal;
+    if (fatal) {
         if (svc_renew_producer(s) < 0) atomic_store(&s->kafka_ok, 0);
+    } else {
+        rd_kafka_flush(s->producer, 30000);
     }
-    /* Make sure nothing of this batch is still in flight before rewinding. */
-    rd_kafka_flush(s->producer, 10000);
-    svc_rewind(s);
-    svc_end_batch(s, 0);
+    svc_rewind(s, a, b);
+    if (drop_batch) svc_end_batch(s, 0);
+    svc_flight_reset(&s->flight[0], s->n_locales);
+    svc_flight_reset(&s->flight[1], s->n_locales);
     s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 100;
     if (s->backoff_ms > 5000) s->backoff_ms = 5000;
+}
+
+/* Processes the collected batch: stages it, then completes the batch staged
+ * before it, whose acks had this whole batch's time to arrive. Returns 0, or
+ * -1 when something failed and the consumer was rewound. */
+static int svc_process_batch(svc *s) {
+    if (!s->n_items) return 0;
+    char err[512] = "";
+    svc_flight *f = &s->flight[s->cur], *prev = &s->flight[s->cur ^ 1];
+    svc_flight_reset(f, s->n_locales);
+    size_t n = s->n_items;
+    int staged = svc_stage(s, f, err, sizeof err) == 0;
+    if (staged) {
+        svc_end_batch(s, 1);
+        f->active = 1;
+    }
+    int prev_ok = !prev->active || svc_complete(s, prev) == 0;
+    if (staged && prev_ok) {
+        s->cur ^= 1;
+        s->backoff_ms = 0;
+        return 0;
+    }
+    if (!staged)
+        log_error("service", "batch of %zu messages failed, will retry: %s", n, err);
+    if (!prev_ok) log_error("service", "a batch was not delivered; running it again");
+    svc_recover(s, prev_ok ? NULL : prev, f, !staged);
+    return -1;
+}
+
+/* Completes the batch still awaiting acks, if any (when idle, before a
+ * rebalance takes partitions away, at shutdown). */
+static int svc_settle(svc *s) {
+    svc_flight *prev = &s->flight[s->cur ^ 1];
+    if (!prev->active || svc_complete(s, prev) == 0) return 0;
+    log_error("service", "a batch was not delivered; running it again");
+    svc_recover(s, prev, NULL, 0);
     return -1;
 }
 
 /* ---- rebalances ------------------------------------------------------------- */
+
+static void svc_outbox_found(const char *user_id, size_t user_len, int64_t offset, void *ud) {
+    void **args = ud;
+    svc *s = args[0];
+    int32_t partition = *(int32_t *)args[1];
+    svc_ref_push(&s->refs, &s->n_refs, &s->cap_refs, user_id, user_len, partition, offset);
+}
+
+/* For newly assigned clickstream partitions: learns their committed offsets
+ * and queues the deletion of outbox copies that a previous owner left behind
+ * below them (it crashed between its commit and its deletions). */
+static void svc_sweep_outbox(svc *s, rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(parts->cnt);
+    for (int i = 0; i < parts->cnt; i++)
+        if (strcmp(parts->elems[i].topic, s->t_click) == 0)
+            rd_kafka_topic_partition_list_add(l, parts->elems[i].topic, parts->elems[i].partition);
+    rd_kafka_resp_err_t err = l->cnt ? rd_kafka_committed(rk, l, 10000) : 0;
+    if (err) log_warn("service", "fetching committed offsets: %s", rd_kafka_err2str(err));
+    for (int i = 0; !err && i < l->cnt; i++) {
+        int32_t p = l->elems[i].partition;
+        int64_t committed = l->elems[i].offset;
+        if (l->elems[i].err || committed < 0) continue;
+        svc_set_committed(s, p, committed);
+        char why[512];
+        void *args[2] = {s, &p};
+        if (store_outbox_scan(s->store, p, committed, svc_outbox_found, args, why, sizeof why))
+            log_warn("service", "reading the outbox index of partition %" PRId32 ": %s", p, why);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    svc_refs_committed(s);
+}
 
 static void svc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                              rd_kafka_topic_partition_list_t *parts, void *opaque) {
@@ -950,6 +1056,7 @@ static void svc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         for (int i = 0; i < parts->cnt; i++)
             svc_add_assigned(s, parts->elems[i].topic, parts->elems[i].partition);
         log_info("service", "assigned %d partitions (now %zu)", parts->cnt, s->n_assigned);
+        svc_sweep_outbox(s, rk, parts);
         rd_kafka_error_t *e = NULL;
         if (cooperative)
             e = rd_kafka_incremental_assign(rk, parts);
@@ -965,13 +1072,13 @@ static void svc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         /* Finish what was polled from them, and commit it, before they go:
          * this callback is the one place where committing during a
          * cooperative rebalance is safe with librdkafka 2.0. */
-        if (s->n_items) {
-            if (lost) {
-                svc_rewind(s);
-                svc_end_batch(s, 0);
-            } else {
-                svc_process_batch(s);
-            }
+        if (lost) {
+            /* Someone else owns them already: committing would fail, and the
+             * batches will be reprocessed by the new owner anyway. */
+            if (s->n_items) svc_recover(s, &s->flight[0], &s->flight[1], 1);
+        } else {
+            if (s->n_items) svc_process_batch(s);
+            svc_settle(s);
         }
         svc_flush_purges(s);
         for (int i = 0; i < parts->cnt; i++) {
@@ -1111,8 +1218,6 @@ static size_t svc_collect(svc *s) {
             rd_kafka_message_destroy(m);
             continue;
         }
-        svc_assigned *a = svc_find_assigned(s, rd_kafka_topic_name(m->rkt), m->partition);
-        if (a) a->eof = 0;
         int64_t now = util_monotonic_us();
         if (!s->n_items) deadline = now + (int64_t)s->batch_wait_ms * 1000;
         svc_item *it = &s->items[s->n_items++];
@@ -1140,6 +1245,11 @@ static void svc_update_lag(svc *s) {
     }
 }
 
+/* Idle: nothing polled for a while and every assigned partition has
+ * reported its end. A flag is not cleared when messages follow an EOF:
+ * librdkafka reports the end again once they are consumed, so after a quiet
+ * period a set flag is current; only a rewind makes one stale, and rewinding
+ * clears it. */
 static int svc_idle(const svc *s) {
     if (!s->n_assigned) return 0;
     for (size_t i = 0; i < s->n_assigned; i++)
@@ -1157,6 +1267,7 @@ static int svc_loop(svc *s) {
                 while (!svc_stop_requested && util_monotonic_us() < until) usleep(20000);
             }
         } else {
+            svc_settle(s);
             svc_flush_purges(s);
         }
         int64_t now = util_monotonic_us();
@@ -1196,15 +1307,18 @@ static void svc_free(svc *s) {
     free(s->writes);
     free(s->load_states);
     free(s->load_ids);
-    free(s->spans);
+    for (int k = 0; k < 2; k++) {
+        free(s->flight[k].spans);
+        free(s->flight[k].polled_us);
+        free(s->flight[k].copies);
+    }
+    if (s->rkt_react) rd_kafka_topic_destroy(s->rkt_react);
     buf_free(&s->scratch);
     buf_free(&s->text);
     for (size_t i = 0; i < s->n_refs; i++) free(s->refs[i].user_id);
     free(s->refs);
     svc_clear_purges(s);
-    free(s->purge_users);
-    free(s->purge_fields);
-    free(s->purge_nfields);
+    free(s->purges);
     free(s->committed);
     for (size_t i = 0; i < s->n_assigned; i++) free(s->assigned[i].topic);
     free(s->assigned);
@@ -1217,6 +1331,7 @@ static int svc_shutdown(svc *s) {
     int rc = 0;
     int64_t deadline = util_monotonic_us() + s->shutdown_ms * 1000;
     if (s->n_items && svc_process_batch(s) < 0) rc = 1;
+    if (svc_settle(s) < 0) rc = 1;
     svc_flush_purges(s);
     rd_kafka_resp_err_t err = rd_kafka_consumer_close(s->consumer);
     if (err) {
@@ -1293,8 +1408,13 @@ int run_main(int argc, char **argv) {
     s.writes = calloc(s.batch_max, sizeof *s.writes);
     s.load_states = calloc(s.batch_max, sizeof *s.load_states);
     s.load_ids = calloc(s.batch_max, sizeof *s.load_ids);
+    for (int k = 0; k < 2; k++) {
+        s.flight[k].polled_us = calloc(s.batch_max, sizeof *s.flight[k].polled_us);
+        s.flight[k].copies = calloc(s.n_locales, sizeof *s.flight[k].copies);
+    }
     if (!s.catalog || !s.cache || !s.user_index || !s.items || !s.users || !s.writes ||
-        !s.load_states || !s.load_ids) {
+        !s.load_states || !s.load_ids || !s.flight[0].polled_us || !s.flight[1].polled_us ||
+        !s.flight[0].copies || !s.flight[1].copies) {
         util_err(err, sizeof err, "out of memory");
         goto startup_err;
     }
@@ -1303,6 +1423,9 @@ int run_main(int argc, char **argv) {
     if (!(s.producer = kafka_producer_new(cfg, &s.dr, err, sizeof err))) goto startup_err;
     if (!(s.consumer = kafka_consumer_new(cfg, group, svc_rebalance_cb, &s, err, sizeof err)))
         goto startup_err;
+    /* Messages carry their topic's handle: one pointer comparison per message
+     * tells reactions from clicks. */
+    s.rkt_react = rd_kafka_topic_new(s.consumer, s.t_react, NULL);
     if (!(s.catalog_consumer = kafka_consumer_new(cfg, NULL, NULL, NULL, err, sizeof err)))
         goto startup_err;
     metrics_start(COPYSTREAM_VERSION);
@@ -1335,6 +1458,12 @@ int run_main(int argc, char **argv) {
     log_info("service", "stopping");
     atomic_store(&s.ready, 0);
     rc = svc_shutdown(&s);
+    double busy_s = (double)(s.last_commit_us - s.first_poll_us) / 1e6;
+    log_info("service",
+             "totals: events=%" PRIu64 " reactions=%" PRIu64 " copies=%" PRIu64
+             " dead_lettered=%" PRIu64 " busy_s=%.3f events_per_s=%.0f",
+             s.total_events, s.total_reactions, s.total_copies, s.total_dead, busy_s,
+             busy_s > 0 ? (double)(s.total_events + s.total_reactions + s.total_dead) / busy_s : 0);
     if (rc == 0) log_info("service", "stopped cleanly");
     goto out;
 

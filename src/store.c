@@ -18,21 +18,17 @@
 #include "util.h"
 
 /* KEYS[1] the user's hash. ARGV[1] the version the state was read at,
- * ARGV[2] the TTL in seconds, ARGV[3] how many fields to delete, then those
- * field names, then field/value pairs to set. */
+ * ARGV[2] the TTL in seconds, then field/value pairs to set. */
 static const char store_write_lua[] =
     "local v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')\n"
     "if v ~= tonumber(ARGV[1]) then return {0, v} end\n"
-    "local ndel = tonumber(ARGV[3])\n"
-    "if ndel > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 4, 3 + ndel)) end\n"
     "v = v + 1\n"
-    "if #ARGV > 3 + ndel then\n"
-    "  redis.call('HSET', KEYS[1], 'v', v, unpack(ARGV, 4 + ndel))\n"
-    "else\n"
-    "  redis.call('HSET', KEYS[1], 'v', v)\n"
-    "end\n"
+    "redis.call('HSET', KEYS[1], 'v', v, unpack(ARGV, 3))\n"
     "redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
     "return {1, v}\n";
+
+/* What a pipelined reply answers, so replies can be read back in order. */
+enum { STORE_R_WRITE, STORE_R_OTHER };
 
 struct store {
     redisContext *ctx;        /* NULL while disconnected */
@@ -277,54 +273,83 @@ store_status store_load(store *st, const char *const *user_ids, user_state *cons
     return status;
 }
 
-/* Appends the EVALSHA of write w. Returns 0 or -1 (out of memory). */
+static void store_outbox_key(const store *st, int32_t partition, buf *out) {
+    buf_printf(out, "%s:outbox:%" PRId32, st->prefix, partition);
+}
+
+static void store_outbox_member(int64_t offset, const char *user_id, buf *out) {
+    buf_printf(out, "%" PRId64 ":%s", offset, user_id);
+}
+
+/* Appends a ZADD to the outbox index for each fresh outbox copy of w (ahead
+ * of the write: a hint that outlives a crash costs one no-op later, a copy
+ * missing from the index would stay until the user's TTL), then the write's
+ * EVALSHA. Returns the number of commands appended, or -1 (out of memory). */
 static int store_append_write(store *st, const store_write *w) {
-    char expected[24], ttl[24], ndel[24];
+    int appended = 0;
+    char expected[24], ttl[24], score[24];
+    const user_state *s = w->state;
+    for (size_t i = 0; i < s->n_outbox; i++) {
+        if (!s->outbox[i].fresh) continue;
+        buf_reset(&st->keys);
+        store_outbox_key(st, s->outbox[i].partition, &st->keys);
+        size_t key_len = st->keys.len;
+        buf_put_u8(&st->keys, 0);
+        store_outbox_member(s->outbox[i].offset, w->user_id, &st->keys);
+        if (!st->keys.p) return -1;
+        snprintf(score, sizeof score, "%" PRId64, s->outbox[i].offset);
+        const char *argv[4] = {"ZADD", st->keys.p, score, st->keys.p + key_len + 1};
+        size_t argvlen[4] = {4, key_len, strlen(score), st->keys.len - key_len - 1};
+        if (redisAppendCommandArgv(st->ctx, 4, argv, argvlen) != REDIS_OK) return -1;
+        appended++;
+    }
     userstate_fields_reset(&st->fields);
-    if (userstate_encode(w->state, w->state->dirty, &st->fields) < 0) return -1;
-    size_t argc = 8 + w->n_del + 2 * st->fields.n;
+    if (userstate_encode(s, s->dirty, &st->fields) < 0) return -1;
+    size_t argc = 6 + 2 * st->fields.n;
     if (store_argv_reserve(st, argc) < 0) return -1;
     buf_reset(&st->keys);
     store_user_key(st, w->user_id, &st->keys);
-    snprintf(expected, sizeof expected, "%" PRIu64, w->state->version);
+    snprintf(expected, sizeof expected, "%" PRIu64, s->version);
     snprintf(ttl, sizeof ttl, "%" PRId64, st->ttl_s);
-    snprintf(ndel, sizeof ndel, "%zu", w->n_del);
     size_t a = 0;
     const char **argv = st->argv;
     size_t *len = st->argvlen;
-#define STORE_ARG(s, l) (argv[a] = (s), len[a] = (l), a++)
+#define STORE_ARG(str, l) (argv[a] = (str), len[a] = (l), a++)
     STORE_ARG("EVALSHA", 7);
     STORE_ARG(st->sha, 40);
     STORE_ARG("1", 1);
     STORE_ARG(st->keys.p, st->keys.len);
     STORE_ARG(expected, strlen(expected));
     STORE_ARG(ttl, strlen(ttl));
-    STORE_ARG(ndel, strlen(ndel));
-    for (size_t i = 0; i < w->n_del; i++) STORE_ARG(w->del[i], strlen(w->del[i]));
     for (size_t i = 0; i < st->fields.n; i++) {
         STORE_ARG(st->fields.v[i].name, strlen(st->fields.v[i].name));
         STORE_ARG(st->fields.v[i].value.p ? st->fields.v[i].value.p : "",
                   st->fields.v[i].value.len);
     }
 #undef STORE_ARG
-    return redisAppendCommandArgv(st->ctx, (int)a, argv, len) == REDIS_OK ? 0 : -1;
+    if (redisAppendCommandArgv(st->ctx, (int)a, argv, len) != REDIS_OK) return -1;
+    return appended + 1;
 }
 
-static int store_append_purge(store *st, const store_purge *p) {
-    if (store_argv_reserve(st, 2 + p->n) < 0) return -1;
+/* Appends the deletion of one committed outbox copy: from the user's hash,
+ * then from the index. Returns 2, or -1. */
+static int store_append_purge(store *st, const store_outbox_ref *p) {
+    char field[48];
+    userstate_outbox_field(p->partition, p->offset, field);
     buf_reset(&st->keys);
     store_user_key(st, p->user_id, &st->keys);
-    st->argv[0] = "HDEL";
-    st->argvlen[0] = 4;
-    st->argv[1] = st->keys.p;
-    st->argvlen[1] = st->keys.len;
-    for (size_t i = 0; i < p->n; i++) {
-        st->argv[2 + i] = p->fields[i];
-        st->argvlen[2 + i] = strlen(p->fields[i]);
-    }
-    return redisAppendCommandArgv(st->ctx, (int)(2 + p->n), st->argv, st->argvlen) == REDIS_OK
-               ? 0
-               : -1;
+    const char *hdel[3] = {"HDEL", st->keys.p, field};
+    size_t hdel_len[3] = {4, st->keys.len, strlen(field)};
+    if (!st->keys.p || redisAppendCommandArgv(st->ctx, 3, hdel, hdel_len) != REDIS_OK) return -1;
+    buf_reset(&st->keys);
+    store_outbox_key(st, p->partition, &st->keys);
+    size_t key_len = st->keys.len;
+    buf_put_u8(&st->keys, 0);
+    store_outbox_member(p->offset, p->user_id, &st->keys);
+    if (!st->keys.p) return -1;
+    const char *zrem[3] = {"ZREM", st->keys.p, st->keys.p + key_len + 1};
+    size_t zrem_len[3] = {4, key_len, st->keys.len - key_len - 1};
+    return redisAppendCommandArgv(st->ctx, 3, zrem, zrem_len) == REDIS_OK ? 2 : -1;
 }
 
 static int store_reload_script(store *st, char *errstr, size_t errlen) {
@@ -337,36 +362,63 @@ static int store_reload_script(store *st, char *errstr, size_t errlen) {
     return 0;
 }
 
-store_status store_write_batch(store *st, store_write *w, size_t n, const store_purge *p,
-                               size_t np, char *errstr, size_t errlen) {
-    size_t total = n + np;
-    if (total == 0) return STORE_OK;
+/* Appends the commands of writes w[i] for which `only` is NULL or
+ * only[i] != 0, recording for each reply which write it answers (-1: not a
+ * write). Returns how many replies to read, or -1. */
+static long store_append_writes(store *st, store_write *w, size_t n, const char *only,
+                                 long *owner, size_t cap) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (only && !only[i]) continue;
+        int c = store_append_write(st, &w[i]);
+        if (c < 0 || k + (size_t)c > cap) return -1;
+        for (int j = 0; j < c; j++) owner[k++] = j == c - 1 ? (long)i : -1;
+    }
+    return (long)k;
+}
+
+store_status store_write_batch(store *st, store_write *w, size_t n,
+                               const store_outbox_ref *purge, size_t np, char *errstr,
+                               size_t errlen) {
+    if (n + np == 0) return STORE_OK;
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
-    redisReply **replies = calloc(total, sizeof *replies);
-    if (!replies) return util_err(errstr, errlen, "out of memory"), STORE_RETRY;
-    int noscript_retry = 0;
+    /* A write is its outbox ZADDs plus the EVALSHA; a purge is two commands. */
+    size_t cap = 2 * np;
     for (size_t i = 0; i < n; i++) {
         w[i].conflict = 0;
-        if (store_append_write(st, &w[i]) < 0) goto oom;
+        cap += 1;
+        for (size_t k = 0; k < w[i].state->n_outbox; k++) cap += w[i].state->outbox[k].fresh;
     }
-    for (size_t i = 0; i < np; i++)
-        if (store_append_purge(st, &p[i]) < 0) goto oom;
-    status = store_read_replies(st, replies, n + np, errstr, errlen);
-    for (int attempt = 0; status == STORE_OK; attempt++) {
+    redisReply **replies = calloc(cap, sizeof *replies);
+    long *owner = calloc(cap, sizeof *owner);
+    char *again = calloc(n + 1, 1);
+    long nr = -1;
+    if (!replies || !owner || !again) goto oom;
+    if ((nr = store_append_writes(st, w, n, NULL, owner, cap)) < 0) goto oom;
+    for (size_t i = 0; i < np; i++) {
+        int c = store_append_purge(st, &purge[i]);
+        if (c < 0) goto oom;
+        for (int j = 0; j < c; j++) owner[nr++] = -1;
+    }
+    for (int attempt = 0;; attempt++) {
+        status = store_read_replies(st, replies, (size_t)nr, errstr, errlen);
         size_t noscript = 0;
-        for (size_t i = 0; i < n; i++) {
-            redisReply *r = replies[i];
-            if (!r) continue;
-            if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
-                noscript++;
-                continue;
-            }
+        for (long k = 0; status == STORE_OK && k < nr; k++) {
+            redisReply *r = replies[k];
+            long i = owner[k];
             if (r->type == REDIS_REPLY_ERROR) {
-                util_err(errstr, errlen, "redis write for user %s: %s", w[i].user_id, r->str);
+                if (i >= 0 && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+                    again[i] = 1;
+                    noscript++;
+                    continue;
+                }
+                util_err(errstr, errlen, "redis, for user %s: %s",
+                         i >= 0 ? w[i].user_id : "(outbox)", r->str);
                 status = store_classify(r->str);
                 break;
             }
+            if (i < 0) continue;
             if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
                 r->element[0]->type != REDIS_REPLY_INTEGER ||
                 r->element[1]->type != REDIS_REPLY_INTEGER) {
@@ -381,62 +433,65 @@ store_status store_write_batch(store *st, store_write *w, size_t n, const store_
             } else {
                 w[i].conflict = 1;
             }
-            freeReplyObject(r);
-            replies[i] = NULL;
         }
-        for (size_t i = n; status == STORE_OK && i < n + np; i++) {
-            if (replies[i]->type == REDIS_REPLY_ERROR) {
-                util_err(errstr, errlen, "redis HDEL: %s", replies[i]->str);
-                status = store_classify(replies[i]->str);
-            }
-            freeReplyObject(replies[i]);
-            replies[i] = NULL;
-        }
-        np = 0; /* purges are done after the first pass */
+        store_free_replies(replies, (size_t)nr);
+        memset(replies, 0, (size_t)nr * sizeof *replies);
         if (status != STORE_OK || noscript == 0) break;
         /* Redis lost its script cache (a restart): load it and resend only
          * the writes it refused. Once is enough; twice means something else. */
-        if (attempt > 0 || store_reload_script(st, errstr, errlen) < 0) {
-            if (status == STORE_OK) status = STORE_RETRY;
-            if (attempt > 0) util_err(errstr, errlen, "redis keeps refusing the write script");
+        if (attempt > 0) {
+            util_err(errstr, errlen, "redis keeps refusing the write script");
+            status = STORE_RETRY;
             break;
         }
-        noscript_retry = 1;
-        size_t k = 0;
-        size_t *idx = malloc(noscript * sizeof *idx);
-        if (!idx) goto oom;
-        for (size_t i = 0; i < n; i++) {
-            if (!replies[i]) continue;
-            freeReplyObject(replies[i]);
-            replies[i] = NULL;
-            idx[k++] = i;
-            if (store_append_write(st, &w[i]) < 0) {
-                free(idx);
-                goto oom;
-            }
+        if (store_reload_script(st, errstr, errlen) < 0) {
+            status = STORE_RETRY;
+            break;
         }
-        redisReply **again = calloc(noscript, sizeof *again);
-        if (!again) {
-            free(idx);
-            goto oom;
-        }
-        status = store_read_replies(st, again, noscript, errstr, errlen);
-        for (size_t j = 0; j < noscript; j++) replies[idx[j]] = again[j];
-        free(again);
-        free(idx);
+        log_info("store", "reloaded the write script into Redis");
+        if ((nr = store_append_writes(st, w, n, again, owner, cap)) < 0) goto oom;
     }
-    if (noscript_retry) log_info("store", "reloaded the write script into Redis");
-    store_free_replies(replies, total);
     free(replies);
+    free(owner);
+    free(again);
     return status;
 oom:
     /* Some commands may already sit in hiredis' buffer; a fresh connection
-     * is the simplest way to make sure none of them is sent half-formed. */
+     * makes sure none of them is sent half-formed. */
     store_disconnect(st);
-    store_free_replies(replies, total);
     free(replies);
+    free(owner);
+    free(again);
     util_err(errstr, errlen, "out of memory");
     return STORE_RETRY;
+}
+
+store_status store_outbox_scan(store *st, int32_t partition, int64_t below, store_outbox_fn fn,
+                               void *ud, char *errstr, size_t errlen) {
+    store_status status = store_connect(st, errstr, errlen);
+    if (status != STORE_OK) return status;
+    char max[32];
+    snprintf(max, sizeof max, "(%" PRId64, below);
+    buf_reset(&st->keys);
+    store_outbox_key(st, partition, &st->keys);
+    const char *argv[4] = {"ZRANGEBYSCORE", st->keys.p, "-inf", max};
+    size_t argvlen[4] = {13, st->keys.len, 4, strlen(max)};
+    redisReply *r = store_command(st, &status, errstr, errlen, 4, argv, argvlen);
+    st->round_trips++;
+    if (!r) return status;
+    if (r->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(r);
+        util_err(errstr, errlen, "redis ZRANGEBYSCORE: unexpected reply");
+        return STORE_FATAL;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        const char *m = r->element[i]->str;
+        const char *colon = memchr(m, ':', r->element[i]->len);
+        if (!colon) continue;
+        fn(colon + 1, r->element[i]->len - (size_t)(colon + 1 - m), strtoll(m, NULL, 10), ud);
+    }
+    freeReplyObject(r);
+    return STORE_OK;
 }
 
 store_status store_ping(store *st, char *errstr, size_t errlen) {

@@ -25,12 +25,22 @@ SCHEMAS = ROOT / "schemas"
 EVENT_TYPES = ["view", "click", "add_to_cart", "purchase", "search", "favorite"]
 
 
+def _plain(schema):
+    """The schema without logical types: timestamps stay epoch-ms integers, as
+    the C side sees them, instead of becoming datetimes."""
+    if isinstance(schema, dict):
+        return {k: _plain(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_plain(v) for v in schema]
+    return schema
+
+
 def load_schema(name):
     """Parses schemas/<name>.avsc (or any .avsc path) with fastavro."""
     path = Path(name)
     if not path.suffix:
         path = SCHEMAS / f"{name}.avsc"
-    return fastavro.parse_schema(json.loads(path.read_text()))
+    return fastavro.parse_schema(_plain(json.loads(path.read_text())))
 
 
 def frame(schema_id, schema, record):
@@ -223,7 +233,12 @@ class Deployment:
         return redis_client.hgetall(self.user_key(user))
 
     def user_keys(self, redis_client):
-        return list(redis_client.scan_iter(match=f"{self.prefix}:*".encode(), count=1000))
+        return list(redis_client.scan_iter(match=f"{self.prefix}:u:*".encode(), count=1000))
+
+    def outbox_index_entries(self, redis_client):
+        """Entries left in the outbox index (copies awaiting deletion)."""
+        keys = redis_client.scan_iter(match=f"{self.prefix}:outbox:*".encode(), count=1000)
+        return sum(redis_client.zcard(k) for k in keys)
 
 
 # -- user-state blobs, as documented in docs/ARCHITECTURE.md -----------------------------

@@ -204,3 +204,28 @@ def test_redis_key_of_a_user_is_hash_tagged(deployment, redis_client):
     assert keys == [f"{d.prefix}:u:{{erin}}".encode()]
     ttl = redis_client.ttl(keys[0])
     assert 0 < ttl <= 30 * 86400
+
+
+def test_reactions_update_the_users_state_once(deployment, redis_client):
+    d = deployment
+    d.send_catalog(CATALOG)
+    d.send_clicks([cs.click("f1", "frank", T0, "view", "phone-a", "phones")])
+
+    def reaction(rid, rtype, ts):
+        return {"reaction_id": rid, "copy_id": "clickstream:0:0", "user_id": "frank",
+                "type": rtype, "item_id": "phone-b", "value": None, "timestamp": ts}
+
+    for r in [reaction("r1", "IMPRESSION", T0 + 10), reaction("r2", "CLICK", T0 + 20),
+              reaction("r2", "CLICK", T0 + 20),  # an upstream duplicate
+              reaction("r3", "DISMISS", T0 + 30)]:
+        d.produce("reactions", "frank", cs.frame(4, d.reaction_schema, r))
+    d.flush()
+    d.run_until_idle()
+    frank = d.user_hash(redis_client, "frank")
+    assert frank[b"r.impression"] == b"1"
+    assert frank[b"r.click"] == b"1"
+    assert frank[b"r.dismiss"] == b"1"
+    assert frank[b"n.view"] == b"1"
+    assert frank[b"dup"] == b"1"
+    assert [f for f in frank if f.startswith(b"w.r.")], "reactions watermark"
+    assert d.read_topic("dlq") == []

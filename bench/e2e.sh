@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# make bench: copystream's end-to-end throughput against a passthrough ceiling,
+# measured in the same run on the same broker and Redis.
+#
+#   bench/e2e.sh [BUILD]
+#
+# A synthetic clickstream (BENCH_EVENTS events from BENCH_USERS users) is
+# published once; then, ROUNDS times, the passthrough (consume, produce the
+# same message, commit after acks: bench/passthrough.c) and the service (same
+# input, fresh consumer group and fresh Redis key prefix) each drain it. Both
+# report events per second from their first poll to their last commit; the
+# best round of each is kept, since on a shared machine noise only slows
+# things down. Output: `name value` lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${1:-build}
+BIN=$BUILD/copystream
+EVENTS=${BENCH_EVENTS:-200000}
+USERS=${BENCH_USERS:-20000}
+ROUNDS=${BENCH_ROUNDS:-2}
+DIR=run/bench
+
+trap 'scripts/services.sh stop --dir "$DIR" >/dev/null 2>&1 || true' EXIT
+scripts/services.sh start --dir "$DIR" >/dev/null
+# shellcheck disable=SC1091
+. "$DIR/services.env"
+export COPYSTREAM_KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP
+export COPYSTREAM_REDIS_HOST=$REDIS_HOST COPYSTREAM_REDIS_PORT=$REDIS_PORT
+export COPYSTREAM_HTTP_PORT=0 COPYSTREAM_LOG_LEVEL=warn
+
+"$BIN" topics
+COPYSTREAM_TOPIC_COPY=passthrough "$BIN" topics
+"$BIN" loadgen --catalog --quiet
+gen=$("$BIN" loadgen --count "$EVENTS" --users "$USERS" --quiet)
+echo "# input: $gen" >&2
+
+rate() { sed -n 's/.*events_per_s=\([0-9.]*\).*/\1/p' | tail -n 1; }
+best_pt=0 best_e2e=0 copies=0
+for round in $(seq 1 "$ROUNDS"); do
+    pt=$(COPYSTREAM_TOPIC_COPY=passthrough "$BUILD/bench/passthrough" --group "pt-$round" \
+         --exit-when-idle 2000 | rate)
+    redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" flushall >/dev/null
+    log=$(COPYSTREAM_LOG_LEVEL=info COPYSTREAM_REDIS_KEY__PREFIX="b$round" \
+          "$BIN" run --group "svc-$round" --exit-when-idle 2000 2>&1)
+    e2e=$(rate <<<"$log")
+    copies=$(sed -n 's/.*copies=\([0-9]*\).*/\1/p' <<<"$log" | tail -n 1)
+    echo "# round $round: passthrough $pt/s, copystream $e2e/s" >&2
+    best_pt=$(awk -v a="$best_pt" -v b="$pt" 'BEGIN { print (b > a) ? b : a }')
+    best_e2e=$(awk -v a="$best_e2e" -v b="$e2e" 'BEGIN { print (b > a) ? b : a }')
+done
+
+echo "events $EVENTS"
+echo "users $USERS"
+echo "copies_per_round $copies"
+echo "passthrough_events_per_s $best_pt"
+echo "e2e_events_per_s $best_e2e"
+awk -v e="$best_e2e" -v p="$best_pt" 'BEGIN { printf "e2e_vs_passthrough %.3f\n", e / p }'
