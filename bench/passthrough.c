@@ -45,7 +45,7 @@ int main(int argc, char **argv) {
     config *cfg = commands_load_config(path);
     if (!cfg) return 2;
     char err[512];
-    kafka_delivery dr = {0}, batch = {0};
+    kafka_delivery dr = {0};
     rd_kafka_t *p = kafka_producer_new(cfg, &dr, err, sizeof err);
     rd_kafka_t *c = p ? kafka_consumer_new(cfg, group, NULL, NULL, err, sizeof err) : NULL;
     if (!c) {
@@ -61,14 +61,13 @@ int main(int argc, char **argv) {
     rd_kafka_topic_partition_list_destroy(sub);
 
     rd_kafka_message_t **msgs = calloc(batch_max, sizeof *msgs);
-    kafka_delivery flights[2] = {{0}};
+    /* Like the service: one batch staged while the previous one awaits its
+     * acks; its offsets are committed once they arrive. */
+    kafka_delivery flight[2] = {{0}};
     rd_kafka_topic_partition_list_t *pending = NULL;
-    uint64_t pending_n = 0;
-    int cur = 0;
-    int pipeline = getenv("PT_PIPELINE") != NULL;
-    uint64_t total = 0;
+    uint64_t pending_n = 0, total = 0;
+    int cur = 0, rc = 0;
     int64_t first = 0, last = 0, last_msg = util_monotonic_us();
-    int rc = 0;
     for (;;) {
         size_t n = 0;
         int64_t deadline = 0;
@@ -88,56 +87,47 @@ int main(int argc, char **argv) {
             if (!first) first = util_monotonic_us();
             msgs[n++] = m;
         }
-        if (!n) {
-            if (pending) {
-                while (flights[cur ^ 1].acked + flights[cur ^ 1].failed < pending_n) rd_kafka_poll(p, 5);
-                rd_kafka_commit(c, pending, 0);
-                rd_kafka_topic_partition_list_destroy(pending);
-                pending = NULL;
-                last = util_monotonic_us();
+        rd_kafka_topic_partition_list_t *offs = NULL;
+        if (n) {
+            last_msg = util_monotonic_us();
+            memset(&flight[cur], 0, sizeof flight[cur]);
+            offs = rd_kafka_topic_partition_list_new((int)n);
+            for (size_t i = 0; i < n; i++) {
+                rd_kafka_message_t *m = msgs[i];
+                if (kafka_produce(p, out, m->key, m->key_len, m->payload, m->len, NULL,
+                                  &flight[cur], err, sizeof err) < 0) {
+                    fprintf(stderr, "passthrough: %s\n", err);
+                    return 1;
+                }
+                const char *t = rd_kafka_topic_name(m->rkt);
+                rd_kafka_topic_partition_t *tp =
+                    rd_kafka_topic_partition_list_find(offs, t, m->partition);
+                if (!tp) tp = rd_kafka_topic_partition_list_add(offs, t, m->partition);
+                if (m->offset + 1 > tp->offset) tp->offset = m->offset + 1;
+                rd_kafka_message_destroy(m);
             }
-            if (total && util_monotonic_us() - last_msg > idle_ms * 1000) break;
-            continue;
         }
-        last_msg = util_monotonic_us();
-        kafka_delivery *bt = pipeline ? &flights[cur] : &batch;
-        memset(bt, 0, sizeof *bt);
-        rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new((int)n);
-        for (size_t i = 0; i < n; i++) {
-            rd_kafka_message_t *m = msgs[i];
-            if (kafka_produce(p, out, m->key, m->key_len, m->payload, m->len, NULL, bt, err,
-                              sizeof err) < 0) {
-                fprintf(stderr, "passthrough: %s\n", err);
-                return 1;
+        if (pending) {
+            kafka_delivery *prev = &flight[cur ^ 1];
+            while (prev->acked + prev->failed < pending_n) rd_kafka_poll(p, 5);
+            if (prev->failed) {
+                fprintf(stderr, "passthrough: %" PRIu64 " messages failed\n", prev->failed);
+                rc = 1;
+                break;
             }
-            rd_kafka_topic_partition_t *tp =
-                rd_kafka_topic_partition_list_find(offs, rd_kafka_topic_name(m->rkt), m->partition);
-            if (!tp) tp = rd_kafka_topic_partition_list_add(offs, rd_kafka_topic_name(m->rkt),
-                                                             m->partition);
-            if (m->offset + 1 > tp->offset) tp->offset = m->offset + 1;
+            rd_kafka_commit(c, pending, 0);
+            rd_kafka_topic_partition_list_destroy(pending);
+            total += pending_n;
+            last = util_monotonic_us();
+            pending = NULL;
         }
-        if (pipeline) {
-            if (pending) {
-                while (flights[cur ^ 1].acked + flights[cur ^ 1].failed < pending_n) rd_kafka_poll(p, 5);
-                rd_kafka_commit(c, pending, 0);
-                rd_kafka_topic_partition_list_destroy(pending);
-            }
+        if (offs) {
             pending = offs;
             pending_n = n;
             cur ^= 1;
-        } else {
-        while (batch.acked + batch.failed < n) rd_kafka_poll(p, 5);
-        if (batch.failed) {
-            fprintf(stderr, "passthrough: %" PRIu64 " messages failed\n", batch.failed);
-            rc = 1;
+        } else if (total && util_monotonic_us() - last_msg > idle_ms * 1000) {
             break;
         }
-        rd_kafka_commit(c, offs, 0);
-        rd_kafka_topic_partition_list_destroy(offs);
-        }
-        for (size_t i = 0; i < n; i++) rd_kafka_message_destroy(msgs[i]);
-        total += n;
-        last = util_monotonic_us();
     }
     double busy = (double)(last - first) / 1e6;
     printf("passthrough: events=%" PRIu64 " busy_s=%.3f events_per_s=%.0f\n", total, busy,

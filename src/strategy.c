@@ -10,7 +10,8 @@
  * sample, the same on every replay and every instance.
  *
  * The user's affinity vectors are copied once per call, decayed, into small
- * hash tables, so scoring a candidate costs a probe per attribute. */
+ * hash tables, so scoring a candidate costs a probe per attribute; an item
+ * offered by several lists is scored once, the first time. */
 #include "strategy.h"
 
 #include <math.h>
@@ -37,12 +38,44 @@ typedef struct {
     size_t mask;
 } aff_table;
 
+enum { INV_SQRT_N = 32 };
+
 typedef struct {
     const user_state *u;
     const strategy_params *p;
     strategy_result *out;
     aff_table cats, attrs;
+    double sqrt_n[INV_SQRT_N]; /* sqrt(n), computed once per call, not per candidate */
 } ctx;
+
+/* Items already offered in this call, by item_hash. Every call bumps the
+ * generation instead of clearing the table; slots of older generations count
+ * as empty. Larger than all lists together, so probes stay short. */
+enum { SEEN_SLOTS = 16384 };
+typedef struct {
+    uint64_t hash;
+    uint32_t gen;
+} seen_slot;
+static _Thread_local seen_slot seen[SEEN_SLOTS];
+static _Thread_local uint32_t seen_gen;
+
+static void seen_reset(void) {
+    if (++seen_gen == 0) { /* wrapped: old marks would look current */
+        memset(seen, 0, sizeof seen);
+        seen_gen = 1;
+    }
+}
+
+/* Returns 1 if hash was offered before in this call, else marks it. */
+static int seen_before(uint64_t hash) {
+    size_t j = hash & (SEEN_SLOTS - 1);
+    while (seen[j].gen == seen_gen) {
+        if (seen[j].hash == hash) return 1;
+        j = (j + 1) & (SEEN_SLOTS - 1);
+    }
+    seen[j] = (seen_slot){hash, seen_gen};
+    return 0;
+}
 
 /* Decays in float exactly like userstate_affinity_at(), so that a score here
  * equals the one the rest of the service sees for the same key. */
@@ -94,9 +127,10 @@ static size_t aff_top(const us_affinities *v, float f, size_t n, aff *top) {
 }
 
 static double item_score(const ctx *x, const catalog_entry *e) {
+    size_t n = e->item.n_attrs;
     double dot = 0;
-    for (size_t i = 0; i < e->item.n_attrs; i++) dot += aff_get(&x->attrs, e->attr_hashes[i]);
-    if (e->item.n_attrs) dot /= sqrt((double)e->item.n_attrs);
+    for (size_t i = 0; i < n; i++) dot += aff_get(&x->attrs, e->attr_hashes[i]);
+    if (n) dot /= n < INV_SQRT_N ? x->sqrt_n[n] : sqrt((double)n);
     return aff_get(&x->cats, e->category_hash) + dot;
 }
 
@@ -104,20 +138,17 @@ static int pick_beats(double score, uint64_t hash, const strategy_pick *p) {
     return score > p->score || (score == p->score && hash < p->entry->item_hash);
 }
 
-/* Offers one candidate to the top-k kept in out->picks. The same item may be
- * offered through several lists; its score is the same each time, so it is
- * either still in the top-k (found below) or was beaten already. The bought
- * check, a scan of the user's purchases, runs only for items that would get
- * in. */
+/* Offers one candidate to the top-k kept in out->picks; each item once. The
+ * bought check, a scan of the user's purchases, runs only for items that
+ * would get in. */
 static void consider(ctx *x, const catalog_entry *e) {
     strategy_result *out = x->out;
+    if (seen_before(e->item_hash)) return;
     if (!e->item.available || e->item_hash == x->p->exclude_item) return;
     double score = item_score(x, e);
     size_t at = out->n_picks;
     while (at > 0 && pick_beats(score, e->item_hash, &out->picks[at - 1])) at--;
     if (at >= x->p->k) return;
-    for (size_t i = 0; i < out->n_picks; i++)
-        if (out->picks[i].entry == e) return;
     if (userstate_has_bought(x->u, e->item_hash)) return;
     if (out->n_picks < x->p->k) out->n_picks++;
     memmove(out->picks + at + 1, out->picks + at, (out->n_picks - 1 - at) * sizeof *out->picks);
@@ -167,6 +198,8 @@ int strategy_affinity(const catalog *c, const user_state *u, const strategy_para
     out->n_picks = out->n_reasons = 0;
 
     ctx x = {.u = u, .p = p, .out = out};
+    for (int i = 0; i < INV_SQRT_N; i++) x.sqrt_n[i] = sqrt((double)i);
+    seen_reset();
     float cat_decay = decay(&u->cats, p->at_s, p->half_life_s);
     float attr_decay = decay(&u->attrs, p->at_s, p->half_life_s);
     aff_load(&x.cats, &u->cats, cat_decay);
