@@ -52,8 +52,9 @@ typedef struct {
 /* The "affinity" strategy, also the cold-start fallback of later ones.
  *
  * Candidates are drawn from the indexes only, never by scanning the catalog:
- * the items of the user's strongest categories and the items carrying the
- * user's strongest attributes. An item scores
+ * the items of the user's strongest categories (up to 5) and the items
+ * carrying the user's strongest attributes (up to 8), leaving out categories
+ * and attributes weaker than a tenth of the user's strongest. An item scores
  *
  *     cat(item.category) + sum(attr(a) for a in item.attrs) / sqrt(item.n_attrs)
  *

@@ -281,28 +281,67 @@ static void store_outbox_member(int64_t offset, const char *user_id, buf *out) {
     buf_printf(out, "%" PRId64 ":%s", offset, user_id);
 }
 
-/* Appends a ZADD to the outbox index for each fresh outbox copy of w (ahead
- * of the write: a hint that outlives a crash costs one no-op later, a copy
- * missing from the index would stay until the user's TTL), then the write's
- * EVALSHA. Returns the number of commands appended, or -1 (out of memory). */
-static int store_append_write(store *st, const store_write *w) {
+/* One outbox index entry. */
+typedef struct {
+    int32_t partition;
+    int64_t offset;
+    const char *user_id;
+} store_idx;
+
+static int store_idx_cmp(const void *a, const void *b) {
+    const store_idx *x = a, *y = b;
+    return (x->partition > y->partition) - (x->partition < y->partition);
+}
+
+/* Appends, per partition, one ZADD (add) or ZREM (!add) of the entries'
+ * index members. Sorts e. Returns the number of commands appended, or -1. */
+static int store_append_index(store *st, int add, store_idx *e, size_t n) {
     int appended = 0;
-    char expected[24], ttl[24], score[24];
-    const user_state *s = w->state;
-    for (size_t i = 0; i < s->n_outbox; i++) {
-        if (!s->outbox[i].fresh) continue;
+    qsort(e, n, sizeof *e, store_idx_cmp);
+    size_t *off = malloc((2 * n + 2) * sizeof *off);
+    if (!off) return -1;
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && e[j].partition == e[i].partition) j++;
+        /* Build every string first, then point into the (now stable) buffer. */
         buf_reset(&st->keys);
-        store_outbox_key(st, s->outbox[i].partition, &st->keys);
-        size_t key_len = st->keys.len;
+        size_t k = 0;
+        off[k++] = 0;
+        store_outbox_key(st, e[i].partition, &st->keys);
         buf_put_u8(&st->keys, 0);
-        store_outbox_member(s->outbox[i].offset, w->user_id, &st->keys);
-        if (!st->keys.p) return -1;
-        snprintf(score, sizeof score, "%" PRId64, s->outbox[i].offset);
-        const char *argv[4] = {"ZADD", st->keys.p, score, st->keys.p + key_len + 1};
-        size_t argvlen[4] = {4, key_len, strlen(score), st->keys.len - key_len - 1};
-        if (redisAppendCommandArgv(st->ctx, 4, argv, argvlen) != REDIS_OK) return -1;
+        for (size_t m = i; m < j; m++) {
+            if (add) {
+                off[k++] = st->keys.len;
+                buf_printf(&st->keys, "%" PRId64, e[m].offset);
+                buf_put_u8(&st->keys, 0);
+            }
+            off[k++] = st->keys.len;
+            store_outbox_member(e[m].offset, e[m].user_id, &st->keys);
+            buf_put_u8(&st->keys, 0);
+        }
+        if (!st->keys.p || store_argv_reserve(st, k + 1) < 0) goto err;
+        st->argv[0] = add ? "ZADD" : "ZREM";
+        st->argvlen[0] = 4;
+        for (size_t a = 0; a < k; a++) {
+            st->argv[a + 1] = st->keys.p + off[a];
+            st->argvlen[a + 1] = strlen(st->keys.p + off[a]);
+        }
+        if (redisAppendCommandArgv(st->ctx, (int)k + 1, st->argv, st->argvlen) != REDIS_OK)
+            goto err;
         appended++;
+        i = j;
     }
+    free(off);
+    return appended;
+err:
+    free(off);
+    return -1;
+}
+
+/* Appends the EVALSHA of write w. Returns 1, or -1 (out of memory). */
+static int store_append_write(store *st, const store_write *w) {
+    char expected[24], ttl[24];
+    const user_state *s = w->state;
     userstate_fields_reset(&st->fields);
     if (userstate_encode(s, s->dirty, &st->fields) < 0) return -1;
     size_t argc = 6 + 2 * st->fields.n;
@@ -327,13 +366,11 @@ static int store_append_write(store *st, const store_write *w) {
                   st->fields.v[i].value.len);
     }
 #undef STORE_ARG
-    if (redisAppendCommandArgv(st->ctx, (int)a, argv, len) != REDIS_OK) return -1;
-    return appended + 1;
+    return redisAppendCommandArgv(st->ctx, (int)a, argv, len) == REDIS_OK ? 1 : -1;
 }
 
-/* Appends the deletion of one committed outbox copy: from the user's hash,
- * then from the index. Returns 2, or -1. */
-static int store_append_purge(store *st, const store_outbox_ref *p) {
+/* Appends the deletion of a committed outbox copy from its user's hash. */
+static int store_append_hdel(store *st, const store_outbox_ref *p) {
     char field[48];
     userstate_outbox_field(p->partition, p->offset, field);
     buf_reset(&st->keys);
@@ -341,15 +378,7 @@ static int store_append_purge(store *st, const store_outbox_ref *p) {
     const char *hdel[3] = {"HDEL", st->keys.p, field};
     size_t hdel_len[3] = {4, st->keys.len, strlen(field)};
     if (!st->keys.p || redisAppendCommandArgv(st->ctx, 3, hdel, hdel_len) != REDIS_OK) return -1;
-    buf_reset(&st->keys);
-    store_outbox_key(st, p->partition, &st->keys);
-    size_t key_len = st->keys.len;
-    buf_put_u8(&st->keys, 0);
-    store_outbox_member(p->offset, p->user_id, &st->keys);
-    if (!st->keys.p) return -1;
-    const char *zrem[3] = {"ZREM", st->keys.p, st->keys.p + key_len + 1};
-    size_t zrem_len[3] = {4, key_len, st->keys.len - key_len - 1};
-    return redisAppendCommandArgv(st->ctx, 3, zrem, zrem_len) == REDIS_OK ? 2 : -1;
+    return 1;
 }
 
 static int store_reload_script(store *st, char *errstr, size_t errlen) {
@@ -370,9 +399,8 @@ static long store_append_writes(store *st, store_write *w, size_t n, const char 
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         if (only && !only[i]) continue;
-        int c = store_append_write(st, &w[i]);
-        if (c < 0 || k + (size_t)c > cap) return -1;
-        for (int j = 0; j < c; j++) owner[k++] = j == c - 1 ? (long)i : -1;
+        if (k == cap || store_append_write(st, &w[i]) < 0) return -1;
+        owner[k++] = (long)i;
     }
     return (long)k;
 }
@@ -383,24 +411,43 @@ store_status store_write_batch(store *st, store_write *w, size_t n,
     if (n + np == 0) return STORE_OK;
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
-    /* A write is its outbox ZADDs plus the EVALSHA; a purge is two commands. */
-    size_t cap = 2 * np;
+    /* Commands: one ZADD per partition for the new outbox copies, ahead of
+     * the writes (a hint that outlives a crash costs one no-op later; a copy
+     * missing from the index would linger until its user's TTL); one
+     * EVALSHA per write; one HDEL per purged copy and one ZREM per
+     * partition. Hence at most n + 2 * np + 2 * (number of copies) replies. */
+    size_t n_new = 0;
     for (size_t i = 0; i < n; i++) {
         w[i].conflict = 0;
-        cap += 1;
-        for (size_t k = 0; k < w[i].state->n_outbox; k++) cap += w[i].state->outbox[k].fresh;
+        for (size_t k = 0; k < w[i].state->n_outbox; k++) n_new += w[i].state->outbox[k].fresh;
     }
+    size_t cap = n + 2 * np + n_new + 1;
     redisReply **replies = calloc(cap, sizeof *replies);
     long *owner = calloc(cap, sizeof *owner);
     char *again = calloc(n + 1, 1);
-    long nr = -1;
-    if (!replies || !owner || !again) goto oom;
-    if ((nr = store_append_writes(st, w, n, NULL, owner, cap)) < 0) goto oom;
+    store_idx *idx = malloc((n_new > np ? n_new : np) * sizeof *idx + 1);
+    long nr = 0;
+    if (!replies || !owner || !again || !idx) goto oom;
+    size_t ni = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < w[i].state->n_outbox; k++)
+            if (w[i].state->outbox[k].fresh)
+                idx[ni++] = (store_idx){w[i].state->outbox[k].partition,
+                                        w[i].state->outbox[k].offset, w[i].user_id};
+    int c = ni ? store_append_index(st, 1, idx, ni) : 0;
+    if (c < 0) goto oom;
+    for (int j = 0; j < c; j++) owner[nr++] = -1;
+    long nw = store_append_writes(st, w, n, NULL, owner + nr, cap - (size_t)nr);
+    if (nw < 0) goto oom;
+    nr += nw;
     for (size_t i = 0; i < np; i++) {
-        int c = store_append_purge(st, &purge[i]);
-        if (c < 0) goto oom;
-        for (int j = 0; j < c; j++) owner[nr++] = -1;
+        if (store_append_hdel(st, &purge[i]) < 0) goto oom;
+        owner[nr++] = -1;
+        idx[i] = (store_idx){purge[i].partition, purge[i].offset, purge[i].user_id};
     }
+    c = np ? store_append_index(st, 0, idx, np) : 0;
+    if (c < 0) goto oom;
+    for (int j = 0; j < c; j++) owner[nr++] = -1;
     for (int attempt = 0;; attempt++) {
         status = store_read_replies(st, replies, (size_t)nr, errstr, errlen);
         size_t noscript = 0;
@@ -454,6 +501,7 @@ store_status store_write_batch(store *st, store_write *w, size_t n,
     free(replies);
     free(owner);
     free(again);
+    free(idx);
     return status;
 oom:
     /* Some commands may already sit in hiredis' buffer; a fresh connection
@@ -462,6 +510,7 @@ oom:
     free(replies);
     free(owner);
     free(again);
+    free(idx);
     util_err(errstr, errlen, "out of memory");
     return STORE_RETRY;
 }

@@ -24,6 +24,10 @@ enum {
     MAX_AFFINITIES = 512,     /* affinities read from one vector, strongest first */
 };
 
+/* Categories and attributes weaker than this share of the user's strongest
+ * one supply no candidates of their own (they still count in scores). */
+#define TOP_FLOOR 0.1
+
 typedef struct {
     uint64_t key;
     double score;
@@ -108,12 +112,20 @@ static double aff_get(const aff_table *t, uint64_t key) {
 }
 
 /* The n (<= TOP_ATTRIBUTES) strongest positive affinities of v decayed by f,
- * strongest first, equal scores by key. Returns how many. */
+ * strongest first, equal scores by key, leaving out those weaker than
+ * TOP_FLOOR times the strongest: a passing glance at a category should not
+ * cost a scan of its items, and an item there that matches what the user
+ * really likes still arrives through the lists of those attributes.
+ * Returns how many. */
 static size_t aff_top(const us_affinities *v, float f, size_t n, aff *top) {
     size_t k = 0;
+    double floor = 0;
+    for (size_t i = 0; i < aff_len(v); i++)
+        if (v->v[i].score * f > floor) floor = v->v[i].score * f;
+    floor *= TOP_FLOOR;
     for (size_t i = 0; i < aff_len(v); i++) {
         aff a = {v->v[i].key, v->v[i].score * f};
-        if (!(a.score > 0) || !a.key) continue;
+        if (!(a.score > 0) || !a.key || a.score < floor) continue;
         size_t at = k;
         while (at > 0 && (a.score > top[at - 1].score ||
                           (a.score == top[at - 1].score && a.key < top[at - 1].key)))

@@ -253,6 +253,28 @@ static void test_only_top_categories_supply_candidates(void **state) {
     catalog_free(c);
 }
 
+static void test_a_passing_glance_supplies_no_candidates(void **state) {
+    (void)state;
+    catalog *c = catalog_new();
+    add_item(c, "phone", "phones", 1, NULL);
+    add_item(c, "kettle", "kitchen", 1, NULL);
+    add_item(c, "cable", "cables", 1, HD);
+    test_user u;
+    user_init(&u, T0);
+    like_category(&u, "phones", 10);
+    like_category(&u, "kitchen", 0.9f);   /* under a tenth of the strongest */
+    like_attr(&u, "hd_screen", 1);
+    like_attr(&u, "glossy", 0.05f);
+    strategy_params p = params(20, "en-US");
+    strategy_result r;
+    /* The kitchen category is too weak to be searched; the cable is found
+     * through the attribute the user likes. */
+    assert_int_equal(strategy_affinity(c, &u.s, &p, &r), 2);
+    assert_string_equal(pick_id(&r, 0), "phone");
+    assert_string_equal(pick_id(&r, 1), "cable");
+    catalog_free(c);
+}
+
 static void test_reasons_are_top_pick_attributes_the_user_likes_in_the_locale(void **state) {
     (void)state;
     static const attr_spec attrs[] = {
@@ -458,6 +480,7 @@ int main(void) {
         cmocka_unit_test(test_ties_across_category_and_attribute_lists_go_to_lower_item_hash),
         cmocka_unit_test(test_old_strong_affinity_loses_to_recent_weaker_one_after_three_half_lives),
         cmocka_unit_test(test_only_top_categories_supply_candidates),
+        cmocka_unit_test(test_a_passing_glance_supplies_no_candidates),
         cmocka_unit_test(test_reasons_are_top_pick_attributes_the_user_likes_in_the_locale),
         cmocka_unit_test(test_category_reason_when_no_attribute_matches),
         cmocka_unit_test(test_user_without_affinities_gets_nothing),
