@@ -53,6 +53,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     const char *in = config_str(cfg, "topic.clickstream"), *out = config_str(cfg, "topic.copy");
+    if (kafka_producer_prepare(p, &out, 1, 10000, err, sizeof err) < 0) {
+        fprintf(stderr, "passthrough: %s\n", err);
+        return 1;
+    }
     size_t batch_max = (size_t)config_int(cfg, "batch.max_events");
     int64_t wait_us = config_int(cfg, "batch.max_wait_ms") * 1000;
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);

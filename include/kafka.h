@@ -54,6 +54,13 @@ int kafka_produce(rd_kafka_t *p, const char *topic, const void *key, size_t key_
  * catalog compacted. Existing topics are left alone. Returns 0 or -1. */
 int kafka_create_topics(const config *c, char *errstr, size_t errlen);
 
+/* Makes sure the topics a producer will write to exist, and warms its
+ * metadata for them: without this the first message to each waits for
+ * librdkafka's next periodic metadata scan (about a second). Returns 0, or
+ * -1 naming the missing topic. */
+int kafka_producer_prepare(rd_kafka_t *p, const char *const *topics, size_t n, int timeout_ms,
+                           char *errstr, size_t errlen);
+
 /* The number of partitions of a topic, or -1 with errstr. */
 int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms,
                           char *errstr, size_t errlen);

@@ -260,3 +260,13 @@ int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms, cha
     rd_kafka_topic_destroy(t);
     return n;
 }
+
+int kafka_producer_prepare(rd_kafka_t *p, const char *const *topics, size_t n, int timeout_ms,
+                           char *errstr, size_t errlen) {
+    for (size_t i = 0; i < n; i++) {
+        char why[512];
+        if (kafka_partition_count(p, topics[i], timeout_ms, why, sizeof why) < 0)
+            return util_err(errstr, errlen, "%s (create it with `copystream topics`)", why);
+    }
+    return 0;
+}

@@ -1421,6 +1421,9 @@ int run_main(int argc, char **argv) {
     if (!(s.store = store_new(cfg, err, sizeof err))) goto startup_err;
     atomic_store(&s.redis_ok, 1);
     if (!(s.producer = kafka_producer_new(cfg, &s.dr, err, sizeof err))) goto startup_err;
+    const char *outputs[] = {s.t_copy, s.t_dlq};
+    if (kafka_producer_prepare(s.producer, outputs, 2, 10000, err, sizeof err) < 0)
+        goto startup_err;
     if (!(s.consumer = kafka_consumer_new(cfg, group, svc_rebalance_cb, &s, err, sizeof err)))
         goto startup_err;
     /* Messages carry their topic's handle: one pointer comparison per message

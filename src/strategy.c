@@ -54,8 +54,9 @@ typedef struct {
 
 /* Items already offered in this call, by item_hash. Every call bumps the
  * generation instead of clearing the table; slots of older generations count
- * as empty. Larger than all lists together, so probes stay short. */
-enum { SEEN_SLOTS = 16384 };
+ * as empty. Larger than all lists together (13 x 256 offers), yet small
+ * enough to stay in cache: a miss here would cost more than the scoring. */
+enum { SEEN_SLOTS = 4096 };
 typedef struct {
     uint64_t hash;
     uint32_t gen;
