@@ -24,6 +24,10 @@
  * -- is refused instead of overwriting newer data; the caller re-reads and
  * re-applies, and the watermarks inside the state make re-applying harmless.
  *
+ * Writes can be sent without waiting (store_write_send) and their replies
+ * read later (store_write_wait): the service stages its next batch while
+ * Redis executes the previous one's writes.
+ *
  * Errors: STORE_RETRY means the outcome is unknown or transient (connection
  * lost, timeout, Redis loading or read-only after a failover); some writes of
  * the batch may have been applied and the caller must re-read before trying
@@ -66,7 +70,6 @@ store_status store_load(store *st, const char *const *user_ids, user_state *cons
 typedef struct {
     const char *user_id;
     user_state *state;
-    int conflict;             /* out: 1 when the hash had another version */
 } store_write;
 
 /* An outbox copy: whose, and the source position that caused it. */
@@ -77,13 +80,27 @@ typedef struct {
 } store_outbox_ref;
 
 /* Sends n writes and the deletion of np committed outbox copies (from the
- * hash and from the index; no CAS needed, deleting twice is harmless) in
- * one pipelined round trip. For each write that was applied, state->version
- * becomes the new version and the state is marked clean; a refused one has
- * conflict = 1 and its state is untouched. Returns STORE_OK when every reply
- * arrived (conflicts included). */
+ * hash and from the index; no CAS needed, deleting twice is harmless) as one
+ * pipeline, without waiting for the replies, so that Redis executes them
+ * while the caller works on something else. The states are updated
+ * optimistically: version + 1, marked clean; they may move or change right
+ * away. Exactly one store_write_wait() must follow before any other call. */
+store_status store_write_send(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
+                              size_t np, char *errstr, size_t errlen);
+
+/* Reads the replies of the last store_write_send(). STORE_OK with
+ * *conflicts = 0 means every write was applied as sent. A conflict (the hash
+ * had another version: another instance wrote it) or an error means the
+ * optimistic states of that send are wrong: the caller must drop them and
+ * re-read. After STORE_RETRY some writes may have been applied. */
+store_status store_write_wait(store *st, size_t *conflicts, char *errstr, size_t errlen);
+
+/* Is a send waiting for its store_write_wait()? */
+int store_write_pending(const store *st);
+
+/* store_write_send() then store_write_wait(). */
 store_status store_write_batch(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
-                               size_t np, char *errstr, size_t errlen);
+                               size_t np, size_t *conflicts, char *errstr, size_t errlen);
 
 /* Calls fn for every outbox index entry of partition with an offset below
  * `below` (one round trip). The user id is not NUL-terminated. */

@@ -110,16 +110,28 @@ typedef struct {
     int64_t min, max;         /* offsets seen in this batch */
 } svc_span;
 
-/* What a staged batch leaves behind once its copies are handed to the
- * producer: the offsets to commit when the broker has acknowledged them, and
- * what to report then. While one batch waits for its acks the next one is
- * staged, so waiting costs no throughput; commits stay in order. */
+/* A batch on its way through the pipeline. Three are alive at once, each a
+ * step behind the other, so that no step waits for a round trip:
+ *
+ *   STAGING  decoded, applied, its Redis writes sent, replies not read yet;
+ *   WRITING  -> once the next batch is decoded, its replies are read and, if
+ *               every write went through, its copies are produced;
+ *   ACKING   -> once the batch after it is decoded too, its acks are in: its
+ *               offsets are committed and it is reported.
+ *
+ * Commits stay in order. A failure anywhere rewinds every batch not yet
+ * committed (see svc_recover). */
+enum { FLIGHT_FREE = 0, FLIGHT_WRITING, FLIGHT_ACKING };
+
 typedef struct {
-    int active;               /* staged, not yet completed */
+    int phase;                /* FLIGHT_* */
+    uint64_t seq;             /* batch number, to settle them oldest first */
     svc_span *spans;          /* [n_spans] */
     size_t n_spans, cap_spans;
     kafka_delivery dr;        /* this batch's delivery reports */
     uint64_t expected;        /* messages it produced */
+    buf pub;                  /* copies to publish once its writes are confirmed:
+                               * (u32 key length, key, u32 length, message)... */
     int64_t t0;               /* when staging began */
     int64_t *polled_us;       /* [n_polled] (capacity batch_max): poll times */
     size_t n_polled;
@@ -162,8 +174,8 @@ typedef struct svc {
     store_write *writes;      /* scratch, capacity batch_max */
     user_state **load_states; /* scratch */
     const char **load_ids;
-    svc_flight flight[2];     /* the batch being staged, and the one awaiting acks */
-    int cur;                  /* index of the batch being staged */
+    svc_flight flight[3];     /* see svc_flight */
+    uint64_t batches;         /* batches staged so far; flight[batches % 3] is next */
     rd_kafka_topic_t *rkt_react; /* the reactions topic's handle, to tell messages apart */
     buf scratch, text;
     /* outbox copies awaiting a covering commit, and purges to send */
@@ -414,11 +426,13 @@ static store_outbox_ref *svc_purge_views(svc *s) {
 /* Sends queued purges on their own round trip (when idle, or before giving
  * up partitions). Failures keep them queued. */
 static void svc_flush_purges(svc *s) {
-    if (!s->n_purges) return;
+    if (!s->n_purges || store_write_pending(s->store)) return;
     store_outbox_ref *p = svc_purge_views(s);
     if (!p) return;
     char err[512];
-    store_status st = store_write_batch(s->store, NULL, 0, p, s->n_purges, err, sizeof err);
+    size_t conflicts;
+    store_status st =
+        store_write_batch(s->store, NULL, 0, p, s->n_purges, &conflicts, err, sizeof err);
     free(p);
     metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
     if (st == STORE_OK) {
@@ -621,10 +635,11 @@ static int svc_apply_user(svc *s, svc_user *u) {
 /* ---- the batch -------------------------------------------------------------- */
 
 static void svc_flight_reset(svc_flight *f, size_t n_locales) {
-    f->active = 0;
+    f->phase = FLIGHT_FREE;
     f->n_spans = 0;
     memset(&f->dr, 0, sizeof f->dr);
     f->expected = 0;
+    buf_reset(&f->pub);
     f->n_polled = 0;
     memset(f->events, 0, sizeof f->events);
     memset(f->reactions, 0, sizeof f->reactions);
@@ -654,7 +669,7 @@ static const char *svc_span_topic(const svc *s, const svc_span *sp) {
 }
 
 /* Frees the batch's messages, records and states. keep_states: return the
- * states to the cache (they are in Redis now) instead of dropping them. */
+ * states to the cache (their writes are sent) instead of dropping them. */
 static void svc_end_batch(svc *s, int keep_states) {
     for (size_t i = 0; i < s->n_users; i++) {
         svc_user *u = &s->users[i];
@@ -674,14 +689,14 @@ static void svc_end_batch(svc *s, int keep_states) {
     dict_clear(s->user_index);
 }
 
-/* Rewinds the consumer to the first offset, per partition, of the batches
- * given (either may be NULL), so that they are fetched and processed again. */
-static void svc_rewind(svc *s, const svc_flight *a, const svc_flight *b) {
+/* Rewinds the consumer to the first offset, per partition, of every batch not
+ * yet committed, so that they are fetched and processed again. */
+static void svc_rewind(svc *s) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
-    const svc_flight *fs[2] = {a, b};
-    for (int k = 0; k < 2; k++) {
-        for (size_t i = 0; fs[k] && i < fs[k]->n_spans; i++) {
-            const svc_span *sp = &fs[k]->spans[i];
+    for (int k = 0; k < 3; k++) {
+        const svc_flight *f = &s->flight[k];
+        for (size_t i = 0; i < f->n_spans; i++) {
+            const svc_span *sp = &f->spans[i];
             const char *topic = svc_span_topic(s, sp);
             svc_assigned *as = svc_find_assigned(s, topic, sp->partition);
             if (!as) continue;
@@ -772,7 +787,8 @@ static int svc_renew_producer(svc *s) {
     rd_kafka_destroy(s->producer);
     memset(&s->dr, 0, sizeof s->dr);
     s->producer = kafka_producer_new(s->cfg, &s->dr, err, sizeof err);
-    if (!s->producer) {
+    const char *outputs[] = {s->t_copy, s->t_dlq};
+    if (!s->producer || kafka_producer_prepare(s->producer, outputs, 2, 10000, err, sizeof err)) {
         log_error("service", "cannot recreate the producer: %s", err);
         return -1;
     }
@@ -849,27 +865,65 @@ static void svc_flight_report(svc *s, const svc_flight *f, int64_t now_us) {
     metrics_inc(MET_BATCHES, 1);
 }
 
-/* Finishes a staged batch: waits for its acks, commits its offsets, reports
- * it. Returns 0, or -1 when a message was not delivered (the batch must run
- * again; the caller rewinds). */
+/* WRITING -> ACKING: reads the replies of f's Redis writes and, when every
+ * one went through, produces f's copies. Returns 0, or -1 when f (and the
+ * batches after it, whose states built on f's) must run again. */
+static int svc_confirm(svc *s, svc_flight *f) {
+    char err[512];
+    size_t conflicts;
+    store_status st = store_write_wait(s->store, &conflicts, err, sizeof err);
+    if (st != STORE_OK) {
+        svc_count_store_error(st);
+        atomic_store(&s->redis_ok, 0);
+        log_error("service", "writing users' state: %s", err);
+        return -1;
+    }
+    if (conflicts) {
+        /* Another instance wrote some of these users since we read them (it
+         * owned their partition a moment ago, or still thinks it does). */
+        metrics_inc(MET_REDIS_ERR_CONFLICT, conflicts);
+        log_warn("service", "%zu users were changed by another instance; re-reading them",
+                 conflicts);
+        return -1;
+    }
+    atomic_store(&s->redis_ok, 1);
+    size_t pos = 0;
+    const uint8_t *p = (const uint8_t *)f->pub.p;
+    while (pos < f->pub.len) {
+        uint32_t klen, vlen;
+        buf_get_u32le(p, f->pub.len, &pos, &klen);
+        const char *key = (const char *)p + pos;
+        pos += klen;
+        buf_get_u32le(p, f->pub.len, &pos, &vlen);
+        if (kafka_produce(s->producer, s->t_copy, key, klen, p + pos, vlen, NULL, &f->dr, err,
+                          sizeof err) < 0) {
+            log_error("service", "publishing copies: %s", err);
+            return -1;
+        }
+        pos += vlen;
+        f->expected++;
+    }
+    f->phase = FLIGHT_ACKING;
+    return 0;
+}
+
+/* ACKING -> FREE: waits for f's acks (they had a batch's time to arrive),
+ * commits its offsets and reports it. Returns 0, or -1 when a message was not
+ * delivered (the caller rewinds). */
 static int svc_complete(svc *s, svc_flight *f) {
     if (svc_wait_acks(s, f) < 0) return -1;
     int committed = svc_commit(s, f) == 0;
     svc_flight_report(s, f, util_monotonic_us());
-    f->active = 0;
+    f->phase = FLIGHT_FREE;
     if (committed) svc_refs_committed(s);
     atomic_store(&s->kafka_ok, 1);
     return 0;
 }
 
-/* Stages the collected batch into f: decode, dead-letter, load, apply,
- * write, publish. Returns 0, or -1 with the reason in err (the batch's
- * states are then unreliable and must be dropped). */
-static int svc_stage(svc *s, svc_flight *f, char *err, size_t errlen) {
-    store_status st = STORE_OK;
+/* Decodes the collected batch into f: dead letters go out at once, the
+ * rest is grouped by user with their cached states. Returns 0 or -1. */
+static int svc_decode_batch(svc *s, svc_flight *f, char *err, size_t errlen) {
     f->t0 = util_monotonic_us();
-
-    /* 1. decode, dead-letter, group by user */
     for (size_t i = 0; i < s->n_items; i++) {
         svc_item *it = &s->items[i];
         svc_span *sp = svc_span_for(s, f, it->msg);
@@ -886,8 +940,6 @@ static int svc_stage(svc *s, svc_flight *f, char *err, size_t errlen) {
             u->user_id = uid;
             u->part[0] = u->part[1] = -1;
             if (dict_set(s->user_index, uid, u) < 0) return util_err(err, errlen, "out of memory");
-            u->have_state = cache_take(s->cache, uid, &u->st);
-            metrics_inc(u->have_state ? MET_STATE_CACHE_HIT : MET_STATE_CACHE_MISS, 1);
         }
         u->part[it->kind == SVC_REACTION ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM] =
             it->msg->partition;
@@ -895,62 +947,54 @@ static int svc_stage(svc *s, svc_flight *f, char *err, size_t errlen) {
         if (u->last) u->last->next = it; else u->first = it;
         u->last = it;
     }
+    return 0;
+}
 
-    /* 2-4. load, apply, write; users refused by the CAS are re-read and
-     * re-applied until the write goes through. */
-    if ((st = svc_load_missing(s, err, errlen)) != STORE_OK) goto fail_store;
-    for (size_t i = 0; i < s->n_users; i++) s->users[i].conflict = 1;
-    for (int attempt = 0;; attempt++) {
-        size_t nw = 0;
-        for (size_t i = 0; i < s->n_users; i++) {
-            svc_user *u = &s->users[i];
-            if (!u->conflict) continue;
-            u->conflict = 0;
-            if (svc_apply_user(s, u) < 0) return util_err(err, errlen, "out of memory");
-            if (u->st.dirty)
-                s->writes[nw++] = (store_write){.user_id = u->user_id, .state = &u->st};
-        }
-        store_outbox_ref *purges = svc_purge_views(s);
-        size_t np = purges ? s->n_purges : 0;
-        st = store_write_batch(s->store, s->writes, nw, purges, np, err, errlen);
-        free(purges);
-        metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
-        if (st != STORE_OK) goto fail_store;
-        svc_clear_purges(s);
-        size_t conflicts = 0;
-        for (size_t k = 0; k < nw; k++) {
-            if (!s->writes[k].conflict) continue;
-            svc_user *u = dict_get(s->user_index, s->writes[k].user_id);
-            userstate_clear(&u->st);
-            u->have_state = 0;
-            u->conflict = 1;
-            conflicts++;
-        }
-        if (!conflicts) break;
-        metrics_inc(MET_REDIS_ERR_CONFLICT, conflicts);
-        if (attempt + 1 == SVC_MAX_WRITE_ATTEMPTS)
-            return util_err(err, errlen, "%zu users still changed by someone else after %d tries",
-                            conflicts, SVC_MAX_WRITE_ATTEMPTS);
-        log_info("service", "%zu users changed in Redis since read; re-reading them", conflicts);
-        if ((st = svc_load_missing(s, err, errlen)) != STORE_OK) goto fail_store;
+/* Stages the decoded batch into f: load the users not cached, apply, send
+ * the writes (replies are read by svc_confirm, after the next batch is
+ * decoded), and keep the copies to publish. Returns 0, or -1 with err. */
+static int svc_stage(svc *s, svc_flight *f, char *err, size_t errlen) {
+    /* Taken only now: the previous batch's writes are confirmed, so a
+     * cached state is as good as Redis'. */
+    for (size_t i = 0; i < s->n_users; i++) {
+        svc_user *u = &s->users[i];
+        u->have_state = cache_take(s->cache, u->user_id, &u->st);
+        metrics_inc(u->have_state ? MET_STATE_CACHE_HIT : MET_STATE_CACHE_MISS, 1);
     }
-    atomic_store(&s->redis_ok, 1);
-
-    /* 5. publish the copies: new ones and outbox copies of redelivered events */
+    store_status st = svc_load_missing(s, err, errlen);
+    if (st != STORE_OK) goto fail_store;
+    size_t nw = 0;
+    for (size_t i = 0; i < s->n_users; i++) {
+        svc_user *u = &s->users[i];
+        if (svc_apply_user(s, u) < 0) return util_err(err, errlen, "out of memory");
+        if (u->st.dirty) s->writes[nw++] = (store_write){.user_id = u->user_id, .state = &u->st};
+    }
+    /* What to publish once the writes are confirmed: new copies, and the
+     * outbox copies of redelivered events. Kept apart from the states,
+     * which move on to the cache and the next batch. */
     for (size_t i = 0; i < s->n_items; i++) {
         svc_item *it = &s->items[i];
         if (!it->publish) continue;
         const us_outbox *o =
             userstate_outbox_find(&it->user->st, it->msg->partition, it->msg->offset);
         if (!o) continue;
-        if (kafka_produce(s->producer, s->t_copy, it->user->user_id, strlen(it->user->user_id),
-                          o->msg.p, o->msg.len, NULL, &f->dr, err, errlen) < 0)
-            return -1;
-        f->expected++;
+        size_t klen = strlen(it->user->user_id);
+        if (buf_put_u32le(&f->pub, (uint32_t)klen) || buf_append(&f->pub, it->user->user_id, klen) ||
+            buf_put_u32le(&f->pub, (uint32_t)o->msg.len) ||
+            buf_append(&f->pub, o->msg.p, o->msg.len))
+            return util_err(err, errlen, "out of memory");
         if (it->outcome == US_APPLIED)
             svc_add_ref(s, it->user->user_id, it->msg->partition, it->msg->offset);
     }
+    store_outbox_ref *purges = svc_purge_views(s);
+    size_t np = purges ? s->n_purges : 0;
+    st = store_write_send(s->store, s->writes, nw, purges, np, err, errlen);
+    free(purges);
+    metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
+    if (st != STORE_OK) goto fail_store;
+    svc_clear_purges(s); /* if the write fails, the copies' refs come back on reload */
     svc_flight_tally(s, f);
+    f->phase = FLIGHT_WRITING;
     return 0;
 
 fail_store:
@@ -959,60 +1003,87 @@ fail_store:
     return -1;
 }
 
-/* After a failure: nothing of the failed batches may stay in flight, and the
- * consumer goes back to their first offsets so they run again. Batches
- * whose Redis writes are done keep their cached states (they match Redis);
- * a batch that failed while staging drops them. */
-static void svc_recover(svc *s, svc_flight *a, svc_flight *b, int drop_batch) {
-    int fatal = s->dr.fatal || s->flight[0].dr.fatal || s->flight[1].dr.fatal;
+/* After a failure: nothing may stay in flight, the consumer goes back to the
+ * first offsets of every batch not committed, and the cached states, which
+ * may hold changes whose writes did not go through, are forgotten. */
+static void svc_recover(svc *s) {
+    if (store_write_pending(s->store)) {
+        char why[256];
+        size_t conflicts;
+        store_write_wait(s->store, &conflicts, why, sizeof why);
+    }
+    int fatal = s->dr.fatal;
+    for (int k = 0; k < 3; k++) fatal |= s->flight[k].dr.fatal;
     if (fatal) {
         if (svc_renew_producer(s) < 0) atomic_store(&s->kafka_ok, 0);
     } else {
         rd_kafka_flush(s->producer, 30000);
     }
-    svc_rewind(s, a, b);
-    if (drop_batch) svc_end_batch(s, 0);
-    svc_flight_reset(&s->flight[0], s->n_locales);
-    svc_flight_reset(&s->flight[1], s->n_locales);
+    svc_rewind(s);
+    svc_end_batch(s, 0);
+    for (int k = 0; k < 3; k++) svc_flight_reset(&s->flight[k], s->n_locales);
+    cache_clear(s->cache);
     s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 100;
     if (s->backoff_ms > 5000) s->backoff_ms = 5000;
 }
 
-/* Processes the collected batch: stages it, then completes the batch staged
- * before it, whose acks had this whole batch's time to arrive. Returns 0, or
- * -1 when something failed and the consumer was rewound. */
+/* The flight in phase `phase` that is oldest, or NULL. */
+static svc_flight *svc_oldest(svc *s, int phase) {
+    svc_flight *best = NULL;
+    for (int k = 0; k < 3; k++)
+        if (s->flight[k].phase == phase && (!best || s->flight[k].seq < best->seq))
+            best = &s->flight[k];
+    return best;
+}
+
+/* Processes the collected batch: decode it, then move every older batch one
+ * step on (confirm the writes of the previous one, complete the one before),
+ * then stage it. Returns 0, or -1 when something failed and the consumer was
+ * rewound. */
 static int svc_process_batch(svc *s) {
     if (!s->n_items) return 0;
     char err[512] = "";
-    svc_flight *f = &s->flight[s->cur], *prev = &s->flight[s->cur ^ 1];
+    svc_flight *f = &s->flight[s->batches % 3];
     svc_flight_reset(f, s->n_locales);
+    f->seq = s->batches;
     size_t n = s->n_items;
-    int staged = svc_stage(s, f, err, sizeof err) == 0;
-    if (staged) {
-        svc_end_batch(s, 1);
-        f->active = 1;
-    }
-    int prev_ok = !prev->active || svc_complete(s, prev) == 0;
-    if (staged && prev_ok) {
-        s->cur ^= 1;
-        s->backoff_ms = 0;
-        return 0;
-    }
-    if (!staged)
-        log_error("service", "batch of %zu messages failed, will retry: %s", n, err);
-    if (!prev_ok) log_error("service", "a batch was not delivered; running it again");
-    svc_recover(s, prev_ok ? NULL : prev, f, !staged);
+    svc_flight *w = svc_oldest(s, FLIGHT_WRITING), *a = svc_oldest(s, FLIGHT_ACKING);
+    if (svc_decode_batch(s, f, err, sizeof err) < 0) goto fail;
+    /* Redis executed the previous batch's writes while this one decoded. */
+    if (w && svc_confirm(s, w) < 0) goto fail_quiet;
+    if (a && svc_complete(s, a) < 0) goto fail_quiet;
+    if (svc_stage(s, f, err, sizeof err) < 0) goto fail;
+    svc_end_batch(s, 1);
+    s->batches++;
+    s->backoff_ms = 0;
+    return 0;
+fail:
+    log_error("service", "batch of %zu messages failed, will retry: %s", n, err);
+fail_quiet:
+    f->phase = FLIGHT_WRITING; /* so that its spans are rewound too */
+    svc_recover(s);
     return -1;
 }
 
-/* Completes the batch still awaiting acks, if any (when idle, before a
- * rebalance takes partitions away, at shutdown). */
+/* Completes every batch in flight, oldest first (when idle, before a
+ * rebalance takes partitions away, at shutdown). Returns 0 or -1. */
 static int svc_settle(svc *s) {
-    svc_flight *prev = &s->flight[s->cur ^ 1];
-    if (!prev->active || svc_complete(s, prev) == 0) return 0;
-    log_error("service", "a batch was not delivered; running it again");
-    svc_recover(s, prev, NULL, 0);
-    return -1;
+    for (;;) {
+        /* An ACKING batch is always older than a WRITING one. */
+        svc_flight *f = svc_oldest(s, FLIGHT_ACKING);
+        if (!f) f = svc_oldest(s, FLIGHT_WRITING);
+        if (!f) return 0;
+        if ((f->phase == FLIGHT_WRITING ? svc_confirm(s, f) : svc_complete(s, f)) < 0) {
+            svc_recover(s);
+            return -1;
+        }
+    }
+}
+
+static int svc_in_flight(const svc *s) {
+    for (int k = 0; k < 3; k++)
+        if (s->flight[k].phase != FLIGHT_FREE) return 1;
+    return 0;
 }
 
 /* ---- rebalances ------------------------------------------------------------- */
@@ -1056,6 +1127,7 @@ static void svc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         for (int i = 0; i < parts->cnt; i++)
             svc_add_assigned(s, parts->elems[i].topic, parts->elems[i].partition);
         log_info("service", "assigned %d partitions (now %zu)", parts->cnt, s->n_assigned);
+        svc_settle(s); /* the sweep needs Redis to itself */
         svc_sweep_outbox(s, rk, parts);
         rd_kafka_error_t *e = NULL;
         if (cooperative)
@@ -1075,7 +1147,7 @@ static void svc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (lost) {
             /* Someone else owns them already: committing would fail, and the
              * batches will be reprocessed by the new owner anyway. */
-            if (s->n_items) svc_recover(s, &s->flight[0], &s->flight[1], 1);
+            if (s->n_items || svc_in_flight(s)) svc_recover(s);
         } else {
             if (s->n_items) svc_process_batch(s);
             svc_settle(s);
@@ -1195,8 +1267,11 @@ static int svc_catalog_start(svc *s, char *errstr, size_t errlen) {
  * message. Returns the number of items collected. */
 static size_t svc_collect(svc *s) {
     int64_t deadline = 0;
+    /* With batches in flight, do not sit waiting for more input: if none is
+     * ready, return so the loop settles them and their copies go out. */
+    int idle_timeout = svc_in_flight(s) ? 2 : 100;
     while (s->n_items < s->batch_max && !svc_stop_requested) {
-        int timeout = 100;
+        int timeout = idle_timeout;
         if (s->n_items) {
             int64_t left = (deadline - util_monotonic_us()) / 1000;
             if (left <= 0) break;
@@ -1307,10 +1382,11 @@ static void svc_free(svc *s) {
     free(s->writes);
     free(s->load_states);
     free(s->load_ids);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         free(s->flight[k].spans);
         free(s->flight[k].polled_us);
         free(s->flight[k].copies);
+        buf_free(&s->flight[k].pub);
     }
     if (s->rkt_react) rd_kafka_topic_destroy(s->rkt_react);
     buf_free(&s->scratch);
@@ -1408,13 +1484,14 @@ int run_main(int argc, char **argv) {
     s.writes = calloc(s.batch_max, sizeof *s.writes);
     s.load_states = calloc(s.batch_max, sizeof *s.load_states);
     s.load_ids = calloc(s.batch_max, sizeof *s.load_ids);
-    for (int k = 0; k < 2; k++) {
+    int flights_ok = 1;
+    for (int k = 0; k < 3; k++) {
         s.flight[k].polled_us = calloc(s.batch_max, sizeof *s.flight[k].polled_us);
         s.flight[k].copies = calloc(s.n_locales, sizeof *s.flight[k].copies);
+        flights_ok &= s.flight[k].polled_us && s.flight[k].copies;
     }
     if (!s.catalog || !s.cache || !s.user_index || !s.items || !s.users || !s.writes ||
-        !s.load_states || !s.load_ids || !s.flight[0].polled_us || !s.flight[1].polled_us ||
-        !s.flight[0].copies || !s.flight[1].copies) {
+        !s.load_states || !s.load_ids || !flights_ok) {
         util_err(err, sizeof err, "out of memory");
         goto startup_err;
     }

@@ -42,6 +42,12 @@ struct store {
     int64_t ttl_s;
     char sha[41];             /* of store_write_lua */
     uint64_t round_trips;
+    /* replies owed by store_write_send(), read by store_write_wait() */
+    size_t pending;
+    int64_t *pend_expect;     /* [pending] version a write expects, -1: not a write */
+    size_t *pend_user;        /* [pending] offset of its user id in pend_names */
+    size_t pend_cap;
+    buf pend_names;
     userstate_fields fields;  /* scratch for encoding one write */
     buf keys;                 /* scratch for hash keys */
     const char **argv;        /* scratch argument vectors */
@@ -177,6 +183,9 @@ void store_free(store *st) {
     buf_free(&st->keys);
     free(st->argv);
     free(st->argvlen);
+    free(st->pend_expect);
+    free(st->pend_user);
+    buf_free(&st->pend_names);
     free(st);
 }
 
@@ -225,9 +234,17 @@ static void store_free_replies(redisReply **replies, size_t n) {
         if (replies[i]) freeReplyObject(replies[i]);
 }
 
+/* Replies owed to a send must be read first, in order. */
+static store_status store_check_idle(const store *st, char *errstr, size_t errlen) {
+    if (!st->pending) return STORE_OK;
+    util_err(errstr, errlen, "redis: replies of a write are still pending");
+    return STORE_FATAL;
+}
+
 store_status store_load(store *st, const char *const *user_ids, user_state *const *states,
                         size_t n, char *errstr, size_t errlen) {
     if (n == 0) return STORE_OK;
+    if (store_check_idle(st, errstr, errlen) != STORE_OK) return STORE_FATAL;
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
     redisReply **replies = calloc(n, sizeof *replies);
@@ -391,23 +408,35 @@ static int store_reload_script(store *st, char *errstr, size_t errlen) {
     return 0;
 }
 
-/* Appends the commands of writes w[i] for which `only` is NULL or
- * only[i] != 0, recording for each reply which write it answers (-1: not a
- * write). Returns how many replies to read, or -1. */
-static long store_append_writes(store *st, store_write *w, size_t n, const char *only,
-                                 long *owner, size_t cap) {
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (only && !only[i]) continue;
-        if (k == cap || store_append_write(st, &w[i]) < 0) return -1;
-        owner[k++] = (long)i;
-    }
-    return (long)k;
+static int store_pending_reserve(store *st, size_t n) {
+    if (n <= st->pend_cap) return 0;
+    size_t cap = st->pend_cap ? st->pend_cap : 256;
+    while (cap < n) cap *= 2;
+    int64_t *e = realloc(st->pend_expect, cap * sizeof *e);
+    if (!e) return -1;
+    st->pend_expect = e;
+    size_t *o = realloc(st->pend_user, cap * sizeof *o);
+    if (!o) return -1;
+    st->pend_user = o;
+    st->pend_cap = cap;
+    return 0;
 }
 
-store_status store_write_batch(store *st, store_write *w, size_t n,
-                               const store_outbox_ref *purge, size_t np, char *errstr,
-                               size_t errlen) {
+/* Records that the next reply answers a write of user_id expecting version
+ * `expect`, or (expect < 0) another command. */
+static void store_pending_add(store *st, int64_t expect, const char *user_id) {
+    st->pend_expect[st->pending] = expect;
+    st->pend_user[st->pending] = st->pend_names.len;
+    buf_puts(&st->pend_names, user_id ? user_id : "(outbox)");
+    buf_put_u8(&st->pend_names, 0);
+    st->pending++;
+}
+
+store_status store_write_send(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
+                              size_t np, char *errstr, size_t errlen) {
+    if (st->pending)
+        return util_err(errstr, errlen, "redis: a previous write is still pending"),
+               STORE_FATAL;
     if (n + np == 0) return STORE_OK;
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
@@ -415,19 +444,13 @@ store_status store_write_batch(store *st, store_write *w, size_t n,
      * the writes (a hint that outlives a crash costs one no-op later; a copy
      * missing from the index would linger until its user's TTL); one
      * EVALSHA per write; one HDEL per purged copy and one ZREM per
-     * partition. Hence at most n + 2 * np + 2 * (number of copies) replies. */
+     * partition. */
     size_t n_new = 0;
-    for (size_t i = 0; i < n; i++) {
-        w[i].conflict = 0;
+    for (size_t i = 0; i < n; i++)
         for (size_t k = 0; k < w[i].state->n_outbox; k++) n_new += w[i].state->outbox[k].fresh;
-    }
-    size_t cap = n + 2 * np + n_new + 1;
-    redisReply **replies = calloc(cap, sizeof *replies);
-    long *owner = calloc(cap, sizeof *owner);
-    char *again = calloc(n + 1, 1);
-    store_idx *idx = malloc((n_new > np ? n_new : np) * sizeof *idx + 1);
-    long nr = 0;
-    if (!replies || !owner || !again || !idx) goto oom;
+    buf_reset(&st->pend_names);
+    store_idx *idx = malloc(((n_new > np ? n_new : np) + 1) * sizeof *idx);
+    if (!idx || store_pending_reserve(st, n + n_new + 2 * np + 1) < 0) goto oom;
     size_t ni = 0;
     for (size_t i = 0; i < n; i++)
         for (size_t k = 0; k < w[i].state->n_outbox; k++)
@@ -436,87 +459,100 @@ store_status store_write_batch(store *st, store_write *w, size_t n,
                                         w[i].state->outbox[k].offset, w[i].user_id};
     int c = ni ? store_append_index(st, 1, idx, ni) : 0;
     if (c < 0) goto oom;
-    for (int j = 0; j < c; j++) owner[nr++] = -1;
-    long nw = store_append_writes(st, w, n, NULL, owner + nr, cap - (size_t)nr);
-    if (nw < 0) goto oom;
-    nr += nw;
+    for (int j = 0; j < c; j++) store_pending_add(st, -1, NULL);
+    for (size_t i = 0; i < n; i++) {
+        if (store_append_write(st, &w[i]) < 0) goto oom;
+        /* Optimistic: the script bumps the version by one when it applies
+         * the write, and store_write_wait() reports it if it did not. */
+        w[i].state->version++;
+        userstate_mark_clean(w[i].state);
+        store_pending_add(st, (int64_t)w[i].state->version, w[i].user_id);
+    }
     for (size_t i = 0; i < np; i++) {
         if (store_append_hdel(st, &purge[i]) < 0) goto oom;
-        owner[nr++] = -1;
+        store_pending_add(st, -1, purge[i].user_id);
         idx[i] = (store_idx){purge[i].partition, purge[i].offset, purge[i].user_id};
     }
     c = np ? store_append_index(st, 0, idx, np) : 0;
     if (c < 0) goto oom;
-    for (int j = 0; j < c; j++) owner[nr++] = -1;
-    for (int attempt = 0;; attempt++) {
-        status = store_read_replies(st, replies, (size_t)nr, errstr, errlen);
-        size_t noscript = 0;
-        for (long k = 0; status == STORE_OK && k < nr; k++) {
-            redisReply *r = replies[k];
-            long i = owner[k];
-            if (r->type == REDIS_REPLY_ERROR) {
-                if (i >= 0 && strncmp(r->str, "NOSCRIPT", 8) == 0) {
-                    again[i] = 1;
-                    noscript++;
-                    continue;
-                }
-                util_err(errstr, errlen, "redis, for user %s: %s",
-                         i >= 0 ? w[i].user_id : "(outbox)", r->str);
-                status = store_classify(r->str);
-                break;
-            }
-            if (i < 0) continue;
-            if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-                r->element[0]->type != REDIS_REPLY_INTEGER ||
-                r->element[1]->type != REDIS_REPLY_INTEGER) {
-                util_err(errstr, errlen, "redis write for user %s: unexpected reply",
-                         w[i].user_id);
-                status = STORE_FATAL;
-                break;
-            }
-            if (r->element[0]->integer == 1) {
-                w[i].state->version = (uint64_t)r->element[1]->integer;
-                userstate_mark_clean(w[i].state);
-            } else {
-                w[i].conflict = 1;
-            }
-        }
-        store_free_replies(replies, (size_t)nr);
-        memset(replies, 0, (size_t)nr * sizeof *replies);
-        if (status != STORE_OK || noscript == 0) break;
-        /* Redis lost its script cache (a restart): load it and resend only
-         * the writes it refused. Once is enough; twice means something else. */
-        if (attempt > 0) {
-            util_err(errstr, errlen, "redis keeps refusing the write script");
-            status = STORE_RETRY;
-            break;
-        }
-        if (store_reload_script(st, errstr, errlen) < 0) {
-            status = STORE_RETRY;
-            break;
-        }
-        log_info("store", "reloaded the write script into Redis");
-        if ((nr = store_append_writes(st, w, n, again, owner, cap)) < 0) goto oom;
-    }
-    free(replies);
-    free(owner);
-    free(again);
+    for (int j = 0; j < c; j++) store_pending_add(st, -1, NULL);
     free(idx);
-    return status;
+    /* Hand the commands to the socket now, so that Redis works on them while
+     * the caller does something else. */
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(st->ctx, &done) != REDIS_OK) {
+            util_err(errstr, errlen, "redis %s:%d: %s", st->host, st->port, st->ctx->errstr);
+            store_disconnect(st);
+            return STORE_RETRY;
+        }
+    return STORE_OK;
 oom:
-    /* Some commands may already sit in hiredis' buffer; a fresh connection
-     * makes sure none of them is sent half-formed. */
-    store_disconnect(st);
-    free(replies);
-    free(owner);
-    free(again);
+    /* Commands may sit half-formed in hiredis' buffer: drop the connection. */
     free(idx);
+    store_disconnect(st);
     util_err(errstr, errlen, "out of memory");
     return STORE_RETRY;
 }
 
+store_status store_write_wait(store *st, size_t *conflicts, char *errstr, size_t errlen) {
+    *conflicts = 0;
+    if (!st->pending) return STORE_OK;
+    store_status status = STORE_OK;
+    size_t n = st->pending;
+    st->pending = 0;
+    if (!st->ctx) /* lost since the send */
+        return util_err(errstr, errlen, "redis %s:%d: connection lost", st->host, st->port),
+               STORE_RETRY;
+    st->round_trips++;
+    for (size_t k = 0; k < n; k++) {
+        redisReply *r = NULL;
+        if (redisGetReply(st->ctx, (void **)&r) != REDIS_OK) {
+            util_err(errstr, errlen, "redis %s:%d: %s", st->host, st->port, st->ctx->errstr);
+            store_disconnect(st);
+            return STORE_RETRY;
+        }
+        const char *user = st->pend_names.p + st->pend_user[k];
+        int64_t expect = st->pend_expect[k];
+        if (status != STORE_OK) { /* keep draining so the connection stays usable */
+        } else if (r->type == REDIS_REPLY_ERROR) {
+            util_err(errstr, errlen, "redis, for user %s: %s", user, r->str);
+            status = store_classify(r->str);
+            /* Redis lost its script cache (restart, SCRIPT FLUSH): load it
+             * again for the retry the caller will make. */
+            if (strncmp(r->str, "NOSCRIPT", 8) == 0) {
+                char why[256];
+                if (store_reload_script(st, why, sizeof why) == 0)
+                    log_info("store", "reloaded the write script into Redis");
+            }
+        } else if (expect >= 0) {
+            if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+                r->element[0]->type != REDIS_REPLY_INTEGER ||
+                r->element[1]->type != REDIS_REPLY_INTEGER) {
+                util_err(errstr, errlen, "redis write for user %s: unexpected reply", user);
+                status = STORE_FATAL;
+            } else if (r->element[0]->integer != 1 || r->element[1]->integer != expect) {
+                (*conflicts)++;
+            }
+        }
+        freeReplyObject(r);
+    }
+    return status;
+}
+
+int store_write_pending(const store *st) { return st->pending != 0; }
+
+store_status store_write_batch(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
+                               size_t np, size_t *conflicts, char *errstr, size_t errlen) {
+    store_status status = store_write_send(st, w, n, purge, np, errstr, errlen);
+    *conflicts = 0;
+    if (status != STORE_OK) return status;
+    return store_write_wait(st, conflicts, errstr, errlen);
+}
+
 store_status store_outbox_scan(store *st, int32_t partition, int64_t below, store_outbox_fn fn,
                                void *ud, char *errstr, size_t errlen) {
+    if (store_check_idle(st, errstr, errlen) != STORE_OK) return STORE_FATAL;
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
     char max[32];
@@ -544,6 +580,7 @@ store_status store_outbox_scan(store *st, int32_t partition, int64_t below, stor
 }
 
 store_status store_ping(store *st, char *errstr, size_t errlen) {
+    if (store_check_idle(st, errstr, errlen) != STORE_OK) return STORE_FATAL;
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
     const char *argv[1] = {"PING"};

@@ -10,7 +10,7 @@ import time
 import cs
 
 T0 = 1_700_000_000_000
-EVENTS = 20000
+EVENTS = 40000
 
 
 def counted_events(d, redis_client):
@@ -55,7 +55,7 @@ def test_killed_mid_stream_and_restarted_matches_a_clean_run(env, redis_client):
             deadline = time.time() + 60
             while counted_events(killed, redis_client) == before and time.time() < deadline:
                 time.sleep(0.05)
-            time.sleep(rnd.uniform(0.05, 0.4))
+            time.sleep(rnd.uniform(0.02, 0.15))
             p.kill()
             p.wait()
             progress.append(counted_events(killed, redis_client))
