@@ -86,7 +86,7 @@ struct svc_user {
     int have_state;
     int32_t part[2];          /* last partition seen per US_TOPIC_* */
     svc_item *first, *last;
-    int conflict;
+    int applied;              /* its items are applied to st */
 };
 
 /* An outbox copy in Redis that this instance will delete once the offsets
@@ -950,25 +950,26 @@ static int svc_decode_batch(svc *s, svc_flight *f, char *err, size_t errlen) {
     return 0;
 }
 
-/* Stages the decoded batch into f: load the users not cached, apply, send
- * the writes (replies are read by svc_confirm, after the next batch is
- * decoded), and keep the copies to publish. Returns 0, or -1 with err. */
-static int svc_stage(svc *s, svc_flight *f, char *err, size_t errlen) {
-    /* Taken only now: the previous batch's writes are confirmed, so a
-     * cached state is as good as Redis'. */
+/* Applies the items of every user whose state is at hand and not applied
+ * yet. Returns 0 or -1 (out of memory). */
+static int svc_apply_ready(svc *s) {
     for (size_t i = 0; i < s->n_users; i++) {
         svc_user *u = &s->users[i];
-        u->have_state = cache_take(s->cache, u->user_id, &u->st);
-        metrics_inc(u->have_state ? MET_STATE_CACHE_HIT : MET_STATE_CACHE_MISS, 1);
+        if (!u->have_state || u->applied) continue;
+        if (svc_apply_user(s, u) < 0) return -1;
+        u->applied = 1;
     }
-    store_status st = svc_load_missing(s, err, errlen);
-    if (st != STORE_OK) goto fail_store;
+    return 0;
+}
+
+/* Sends the batch's writes (their replies are read by svc_confirm, after the
+ * next batch is decoded) and keeps the copies to publish. Returns 0, or -1
+ * with err. */
+static int svc_send(svc *s, svc_flight *f, char *err, size_t errlen) {
     size_t nw = 0;
-    for (size_t i = 0; i < s->n_users; i++) {
-        svc_user *u = &s->users[i];
-        if (svc_apply_user(s, u) < 0) return util_err(err, errlen, "out of memory");
-        if (u->st.dirty) s->writes[nw++] = (store_write){.user_id = u->user_id, .state = &u->st};
-    }
+    for (size_t i = 0; i < s->n_users; i++)
+        if (s->users[i].st.dirty)
+            s->writes[nw++] = (store_write){.user_id = s->users[i].user_id, .state = &s->users[i].st};
     /* What to publish once the writes are confirmed: new copies, and the
      * outbox copies of redelivered events. Kept apart from the states,
      * which move on to the cache and the next batch. */
@@ -979,7 +980,8 @@ static int svc_stage(svc *s, svc_flight *f, char *err, size_t errlen) {
             userstate_outbox_find(&it->user->st, it->msg->partition, it->msg->offset);
         if (!o) continue;
         size_t klen = strlen(it->user->user_id);
-        if (buf_put_u32le(&f->pub, (uint32_t)klen) || buf_append(&f->pub, it->user->user_id, klen) ||
+        if (buf_put_u32le(&f->pub, (uint32_t)klen) ||
+            buf_append(&f->pub, it->user->user_id, klen) ||
             buf_put_u32le(&f->pub, (uint32_t)o->msg.len) ||
             buf_append(&f->pub, o->msg.p, o->msg.len))
             return util_err(err, errlen, "out of memory");
@@ -988,19 +990,18 @@ static int svc_stage(svc *s, svc_flight *f, char *err, size_t errlen) {
     }
     store_outbox_ref *purges = svc_purge_views(s);
     size_t np = purges ? s->n_purges : 0;
-    st = store_write_send(s->store, s->writes, nw, purges, np, err, errlen);
+    store_status st = store_write_send(s->store, s->writes, nw, purges, np, err, errlen);
     free(purges);
     metrics_inc(MET_REDIS_ROUND_TRIPS, 1);
-    if (st != STORE_OK) goto fail_store;
+    if (st != STORE_OK) {
+        svc_count_store_error(st);
+        atomic_store(&s->redis_ok, 0);
+        return -1;
+    }
     svc_clear_purges(s); /* if the write fails, the copies' refs come back on reload */
     svc_flight_tally(s, f);
     f->phase = FLIGHT_WRITING;
     return 0;
-
-fail_store:
-    svc_count_store_error(st);
-    atomic_store(&s->redis_ok, 0);
-    return -1;
 }
 
 /* After a failure: nothing may stay in flight, the consumer goes back to the
@@ -1036,10 +1037,16 @@ static svc_flight *svc_oldest(svc *s, int phase) {
     return best;
 }
 
-/* Processes the collected batch: decode it, then move every older batch one
- * step on (confirm the writes of the previous one, complete the one before),
- * then stage it. Returns 0, or -1 when something failed and the consumer was
- * rewound. */
+/* Processes the collected batch, overlapping each round trip with work:
+ *
+ *   decode this batch        while Redis executes the previous batch's writes
+ *   apply its cached users   (states built on the previous batch's, optimistic)
+ *   confirm the previous batch's writes, produce its copies
+ *   load and apply the users not cached
+ *   complete the batch before (its acks arrived meanwhile), commit it
+ *   send this batch's writes
+ *
+ * Returns 0, or -1 when something failed and the consumer was rewound. */
 static int svc_process_batch(svc *s) {
     if (!s->n_items) return 0;
     char err[512] = "";
@@ -1049,14 +1056,28 @@ static int svc_process_batch(svc *s) {
     size_t n = s->n_items;
     svc_flight *w = svc_oldest(s, FLIGHT_WRITING), *a = svc_oldest(s, FLIGHT_ACKING);
     if (svc_decode_batch(s, f, err, sizeof err) < 0) goto fail;
-    /* Redis executed the previous batch's writes while this one decoded. */
+    for (size_t i = 0; i < s->n_users; i++) {
+        svc_user *u = &s->users[i];
+        u->have_state = cache_take(s->cache, u->user_id, &u->st);
+        metrics_inc(u->have_state ? MET_STATE_CACHE_HIT : MET_STATE_CACHE_MISS, 1);
+    }
+    if (svc_apply_ready(s) < 0) goto oom;
     if (w && svc_confirm(s, w) < 0) goto fail_quiet;
+    store_status st = svc_load_missing(s, err, sizeof err);
+    if (st != STORE_OK) {
+        svc_count_store_error(st);
+        atomic_store(&s->redis_ok, 0);
+        goto fail;
+    }
+    if (svc_apply_ready(s) < 0) goto oom;
     if (a && svc_complete(s, a) < 0) goto fail_quiet;
-    if (svc_stage(s, f, err, sizeof err) < 0) goto fail;
+    if (svc_send(s, f, err, sizeof err) < 0) goto fail;
     svc_end_batch(s, 1);
     s->batches++;
     s->backoff_ms = 0;
     return 0;
+oom:
+    util_err(err, sizeof err, "out of memory");
 fail:
     log_error("service", "batch of %zu messages failed, will retry: %s", n, err);
 fail_quiet:
