@@ -54,7 +54,10 @@ typedef struct {
  * Candidates are drawn from the indexes only, never by scanning the catalog:
  * the items of the user's strongest categories (up to 5) and the items
  * carrying the user's strongest attributes (up to 8), leaving out categories
- * and attributes weaker than a tenth of the user's strongest. An item scores
+ * and attributes weaker than a tenth of the user's strongest. The attribute
+ * lists are skipped when a bound shows that no item outside the scanned
+ * categories can enter the top k (the usual case for a user with clear
+ * interests); the result is the same. An item scores
  *
  *     cat(item.category) + sum(attr(a) for a in item.attrs) / sqrt(item.n_attrs)
  *

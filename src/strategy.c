@@ -139,6 +139,29 @@ static size_t aff_top(const us_affinities *v, float f, size_t n, aff *top) {
     return k;
 }
 
+/* The strongest decayed affinity of v outside top[0..n), or 0. */
+static double cat_left_out(const us_affinities *v, float f, const aff *top, size_t n) {
+    for (size_t i = 0; i < aff_len(v); i++) { /* strongest first */
+        size_t k = 0;
+        while (k < n && top[k].key != v->v[i].key) k++;
+        if (k == n) return v->v[i].score > 0 ? v->v[i].score * f : 0;
+    }
+    return 0;
+}
+
+/* The largest attribute term any item can have: an item's term is the sum
+ * of the user's affinities over its m attributes over sqrt(m), at most the
+ * sum of the m strongest over sqrt(m); the maximum over m bounds them all. */
+static double attr_bound(const us_affinities *v, float f) {
+    double sum = 0, best = 0;
+    for (size_t i = 0; i < aff_len(v) && v->v[i].score > 0; i++) { /* strongest first */
+        sum += v->v[i].score * f;
+        double b = sum / sqrt((double)(i + 1));
+        if (b > best) best = b;
+    }
+    return best;
+}
+
 static double item_score(const ctx *x, const catalog_entry *e) {
     size_t n = e->item.n_attrs;
     double dot = 0;
@@ -221,11 +244,25 @@ int strategy_affinity(const catalog *c, const user_state *u, const strategy_para
     const catalog_entry *cand[LIST_BUDGET];
     aff top[TOP_ATTRIBUTES];
     size_t n = aff_top(&u->cats, cat_decay, TOP_CATEGORIES, top);
-    for (size_t i = 0; i < n; i++)
-        consider_list(&x, cand, catalog_items_in_category(c, top[i].key, cand, LIST_BUDGET));
-    n = aff_top(&u->attrs, attr_decay, TOP_ATTRIBUTES, top);
-    for (size_t i = 0; i < n; i++)
-        consider_list(&x, cand, catalog_items_with_attribute(c, top[i].key, cand, LIST_BUDGET));
+    int whole = 1; /* every item of the scanned categories was considered */
+    for (size_t i = 0; i < n; i++) {
+        size_t total = catalog_items_in_category(c, top[i].key, cand, LIST_BUDGET);
+        consider_list(&x, cand, total);
+        whole &= total <= LIST_BUDGET;
+    }
+    /* Every item outside the scanned categories scores at most the best
+     * category left out plus the best attribute term any item could have.
+     * When the k-th pick already beats that, the attribute lists cannot
+     * change the result, and for a user with clear interests that is the
+     * common case. */
+    if (!(whole && out->n_picks == p->k &&
+          out->picks[p->k - 1].score > cat_left_out(&u->cats, cat_decay, top, n) +
+                                           attr_bound(&u->attrs, attr_decay))) {
+        n = aff_top(&u->attrs, attr_decay, TOP_ATTRIBUTES, top);
+        for (size_t i = 0; i < n; i++)
+            consider_list(&x, cand,
+                          catalog_items_with_attribute(c, top[i].key, cand, LIST_BUDGET));
+    }
 
     for (size_t i = 0; i < out->n_picks; i++) {
         const catalog_item *it = &out->picks[i].entry->item;

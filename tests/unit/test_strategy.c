@@ -472,6 +472,105 @@ static void test_picks_equal_brute_force_ranking_of_the_candidates(void **state)
     catalog_free(c);
 }
 
+
+/* For users whose interests are clear -- a few categories and attributes,
+ * none under a tenth of the strongest -- every item with a positive score is
+ * reachable, so the picks must be the best items of the whole catalog, by
+ * brute force. This holds whether or not the strategy skipped the attribute
+ * lists on its bound (strategy.c), so a wrong bound shows up here. */
+enum { WC_ITEMS = 600, WC_CATS = 12, WC_ATTRS = 30, WC_TRIALS = 400 };
+
+typedef struct {
+    int cat, n_attrs, attrs[4], available;
+    uint64_t hash;
+    double score;
+} wc_item;
+
+static int wc_better(const void *a, const void *b) {
+    const wc_item *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return x->hash < y->hash ? -1 : x->hash > y->hash;
+}
+
+static void test_clear_interests_get_the_best_items_of_the_whole_catalog(void **state) {
+    (void)state;
+    static wc_item items[WC_ITEMS], ranked[WC_ITEMS];
+    char id[32], cat[32], names[WC_ATTRS][32];
+    catalog *c = catalog_new();
+    for (int a = 0; a < WC_ATTRS; a++) snprintf(names[a], sizeof names[a], "wc-attr-%d", a);
+    for (int i = 0; i < WC_ITEMS; i++) {
+        wc_item *it = &items[i];
+        attr_spec spec[5] = {{0}};
+        it->cat = (int)(rng() % WC_CATS);
+        it->available = rng() % 8 != 0;
+        it->n_attrs = 1 + (int)(rng() % 4);
+        for (int k = 0; k < it->n_attrs; k++) {
+            int a;
+            do { /* distinct attributes */
+                a = (int)(rng() % WC_ATTRS);
+                int dup = 0;
+                for (int j = 0; j < k; j++) dup |= it->attrs[j] == a;
+                if (!dup) break;
+            } while (1);
+            it->attrs[k] = a;
+            spec[k] = (attr_spec){names[a], "x", NULL};
+        }
+        snprintf(id, sizeof id, "wc-%d", i);
+        snprintf(cat, sizeof cat, "wc-cat-%d", it->cat);
+        it->hash = util_hash(id);
+        add_item(c, id, cat, it->available, spec);
+    }
+    for (int trial = 0; trial < WC_TRIALS; trial++) {
+        test_user u;
+        user_init(&u, T0);
+        double cat_aff[WC_CATS] = {0}, attr_aff[WC_ATTRS] = {0};
+        int n_cats = 1 + (int)(rng() % 3), n_attrs = 1 + (int)(rng() % 6);
+        for (int k = 0; k < n_cats; k++) {
+            int x = (int)(rng() % WC_CATS);
+            if (cat_aff[x] > 0) continue;
+            /* between 0.15 and 4: never under a tenth of the strongest */
+            cat_aff[x] = (float)(0.15 + (double)(rng() % 1000) / 1000.0 * 3.85);
+            snprintf(cat, sizeof cat, "wc-cat-%d", x);
+            like_category(&u, cat, (float)cat_aff[x]);
+        }
+        for (int k = 0; k < n_attrs; k++) {
+            int x = (int)(rng() % WC_ATTRS);
+            if (attr_aff[x] > 0) continue;
+            attr_aff[x] = (float)(0.4 + (double)(rng() % 1000) / 1000.0 * 3.6);
+            like_attr(&u, names[x], (float)attr_aff[x]);
+        }
+        /* userstate keeps affinities strongest first; so must this user */
+        for (size_t i = 0; i < u.s.cats.n; i++)
+            for (size_t j = i + 1; j < u.s.cats.n; j++)
+                if (u.cats[j].score > u.cats[i].score) {
+                    us_affinity t = u.cats[i]; u.cats[i] = u.cats[j]; u.cats[j] = t;
+                }
+        for (size_t i = 0; i < u.s.attrs.n; i++)
+            for (size_t j = i + 1; j < u.s.attrs.n; j++)
+                if (u.attrs[j].score > u.attrs[i].score) {
+                    us_affinity t = u.attrs[i]; u.attrs[i] = u.attrs[j]; u.attrs[j] = t;
+                }
+        size_t n = 0;
+        for (int i = 0; i < WC_ITEMS; i++) {
+            if (!items[i].available) continue;
+            double dot = 0;
+            for (int k = 0; k < items[i].n_attrs; k++) dot += attr_aff[items[i].attrs[k]];
+            ranked[n] = items[i];
+            ranked[n++].score = cat_aff[items[i].cat] + dot / sqrt((double)items[i].n_attrs);
+        }
+        qsort(ranked, n, sizeof *ranked, wc_better);
+        size_t k = 1 + rng() % 10;
+        strategy_params p = params(k, "en-US");
+        strategy_result r;
+        assert_int_equal(strategy_affinity(c, &u.s, &p, &r), (int)k);
+        for (size_t i = 0; i < k; i++) {
+            assert_true(ranked[i].score > 0);
+            assert_true(r.picks[i].entry->item_hash == ranked[i].hash);
+        }
+    }
+    catalog_free(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_phone_with_loved_attribute_beats_phone_without),
@@ -486,6 +585,7 @@ int main(void) {
         cmocka_unit_test(test_user_without_affinities_gets_nothing),
         cmocka_unit_test(test_out_of_bounds_params_are_rejected),
         cmocka_unit_test(test_picks_equal_brute_force_ranking_of_the_candidates),
+        cmocka_unit_test(test_clear_interests_get_the_best_items_of_the_whole_catalog),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
