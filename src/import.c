@@ -26,6 +26,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "import.h"
 #include "log.h"
 #include "publish.h"
 #include "records.h"
@@ -114,7 +115,7 @@ static int64_t import_intern(import_strset *s, const char *str, size_t len, int 
  * The dataset.
  * ------------------------------------------------------------------------ */
 
-typedef struct import_data {
+struct import_data {
     import_strset users, items, attrs;
     size_t *user_first;       /* [users.n + 1]: user u's events are [first[u], first[u+1]) */
     size_t cap_user_first;
@@ -127,20 +128,7 @@ typedef struct import_data {
     size_t unknown_items;     /* attribute entries for items not in the sequences */
     item_attribute *view_attrs; /* the attributes import_item() lends out */
     char event_id[IMPORT_MAX_ID + 24];
-} import_data;
-
-/* The parser's interface. Declared here rather than in a header because only
- * import_main and tests/unit/test_import.c use it. */
-import_data *import_data_new(void);
-void import_data_free(import_data *d);
-int import_read_sequences(import_data *d, FILE *in, const char *name, size_t limit_users,
-                          char *errstr, size_t errlen);
-int import_read_attributes(import_data *d, const char *path, char *errstr, size_t errlen);
-void import_counts(const import_data *d, size_t *users, size_t *items, size_t *events);
-size_t import_user_len(const import_data *d, size_t user);
-void import_item(import_data *d, size_t item, int64_t updated_ms, catalog_item *out);
-void import_event(import_data *d, size_t user, size_t pos, event_type type, int64_t start_ms,
-                  int64_t spacing_ms, click_event *out);
+};
 
 import_data *import_data_new(void) {
     import_data *d = calloc(1, sizeof *d);

@@ -7,21 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "import.h"
 #include "records.h"
-
-/* The parser's interface, defined in src/import.c (it has no header of its
- * own because nothing but import_main and this test uses it). */
-typedef struct import_data import_data;
-import_data *import_data_new(void);
-void import_data_free(import_data *d);
-int import_read_sequences(import_data *d, FILE *in, const char *name, size_t limit_users,
-                          char *errstr, size_t errlen);
-int import_read_attributes(import_data *d, const char *path, char *errstr, size_t errlen);
-void import_counts(const import_data *d, size_t *users, size_t *items, size_t *events);
-size_t import_user_len(const import_data *d, size_t user);
-void import_item(import_data *d, size_t item, int64_t updated_ms, catalog_item *out);
-void import_event(import_data *d, size_t user, size_t pos, event_type type, int64_t start_ms,
-                  int64_t spacing_ms, click_event *out);
 
 #define BEAUTY_DIR "/work/shared/data/amazon-beauty"
 
