@@ -71,7 +71,8 @@ typedef struct {
  * Reasons: the top pick's attributes with positive user affinity and a phrase
  * in the locale (an attribute without one is skipped, never shown in another
  * language), strongest first, at most max_reasons; if there are none, one
- * "category_affinity" reason with empty text for the template to word.
+ * "category_affinity" reason with empty text for the template to word, when
+ * the user has an affinity for the item's category; else no reason at all.
  *
  * Fills *out and returns the number of picks (0: nothing to promote), or -1
  * when p is out of bounds. Allocates nothing. */

@@ -219,9 +219,11 @@ static void add_reasons(ctx *x, const catalog_entry *e) {
                 (out->n_reasons - 1 - at) * sizeof *out->reasons);
         out->reasons[at] = (strategy_reason){"attribute_match", a->id, text, score};
     }
-    if (out->n_reasons == 0 && max > 0) {
-        out->reasons[0] = (strategy_reason){"category_affinity", NULL, "",
-                                            aff_get(&x->cats, e->category_hash)};
+    /* Without a matching attribute, the category is the reason -- if the
+     * user has shown any interest in it; otherwise there is none to give. */
+    double cat = aff_get(&x->cats, e->category_hash);
+    if (out->n_reasons == 0 && max > 0 && cat > 0) {
+        out->reasons[0] = (strategy_reason){"category_affinity", NULL, "", cat};
         out->n_reasons = 1;
     }
 }

@@ -253,6 +253,24 @@ static void test_only_top_categories_supply_candidates(void **state) {
     catalog_free(c);
 }
 
+static void test_no_reason_is_invented_for_an_item_without_a_liked_category(void **state) {
+    (void)state;
+    catalog *c = catalog_new();
+    add_item(c, "serum", NULL, 1, HD); /* no category, an attribute the user never saw */
+    test_user u;
+    user_init(&u, T0);
+    like_attr(&u, "hd_screen", 0); /* present but no positive affinity */
+    like_attr(&u, "matte", 1);
+    static const attr_spec MATTE[] = {{"matte", "matte finish", NULL}, {NULL, NULL, NULL}};
+    add_item(c, "lipstick", NULL, 1, MATTE);
+    strategy_params p = params(2, "zh-CN"); /* matte has no zh-CN phrase */
+    strategy_result r;
+    assert_int_equal(strategy_affinity(c, &u.s, &p, &r), 1);
+    assert_string_equal(pick_id(&r, 0), "lipstick");
+    assert_int_equal(r.n_reasons, 0);
+    catalog_free(c);
+}
+
 static void test_a_passing_glance_supplies_no_candidates(void **state) {
     (void)state;
     catalog *c = catalog_new();
@@ -580,6 +598,7 @@ int main(void) {
         cmocka_unit_test(test_old_strong_affinity_loses_to_recent_weaker_one_after_three_half_lives),
         cmocka_unit_test(test_only_top_categories_supply_candidates),
         cmocka_unit_test(test_a_passing_glance_supplies_no_candidates),
+        cmocka_unit_test(test_no_reason_is_invented_for_an_item_without_a_liked_category),
         cmocka_unit_test(test_reasons_are_top_pick_attributes_the_user_likes_in_the_locale),
         cmocka_unit_test(test_category_reason_when_no_attribute_matches),
         cmocka_unit_test(test_user_without_affinities_gets_nothing),
