@@ -57,4 +57,7 @@ echo "users $USERS"
 echo "copies_per_round $copies"
 echo "passthrough_events_per_s $best_pt"
 echo "e2e_events_per_s $best_e2e"
-printf '%s\n' "${ratios[@]}" | sort -n | awk '{ r[NR] = $1 } END { print "e2e_vs_passthrough", r[int((NR + 1) / 2)] }'
+printf '%s\n' "${ratios[@]}" | sort -n | awk '{ r[NR] = $1 } END {
+    print "e2e_vs_passthrough", r[int((NR + 1) / 2)]
+    print "e2e_vs_passthrough_min", r[1]
+    print "e2e_vs_passthrough_max", r[NR] }'
