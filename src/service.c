@@ -3,28 +3,32 @@
  *
  * One processing thread runs a loop of batches. A batch is what one
  * consumer-group member polled within batch.max_wait_ms (at most
- * batch.max_events messages from clickstream and reactions). For each batch:
+ * batch.max_events messages from clickstream and reactions). Each batch:
  *
- *   1. decode; what cannot be decoded goes to the dead-letter topic with the
- *      reason and its source position in headers;
- *   2. group by user; take owned users' state from the in-process cache and
- *      read the rest from Redis (one pipelined round trip);
- *   3. apply each user's inputs in offset order (userstate.c decides what is
- *      new, redelivered or an upstream duplicate) and, for events that
- *      trigger copy, pick items (strategy.c), render text (template.c) and
- *      encode the copy into the user's outbox;
- *   4. write every changed user with one compare-and-set script call each,
- *      all in one pipelined round trip (store.c): state, watermark and outbox
- *      land atomically per user;
- *   5. publish the copies (new ones, and outbox copies of redelivered events,
- *      byte for byte) and the dead letters, and wait for the broker's acks;
- *   6. commit the batch's offsets; then drop the outbox copies the commit
- *      covers (piggybacked on the next batch's round trip).
+ *   1. is decoded; what cannot be decoded goes to the dead-letter topic with
+ *      the reason and its source position in headers;
+ *   2. is grouped by user; owned users' states come from the in-process
+ *      cache, the rest from Redis (one pipelined round trip);
+ *   3. is applied, each user's inputs in offset order (userstate.c decides
+ *      what is new, redelivered or an upstream duplicate); events that
+ *      trigger copy get items picked (strategy.c), text rendered
+ *      (template.c) and the encoded copy put in the user's outbox;
+ *   4. is written: every changed user by one compare-and-set script call,
+ *      all in one pipeline (store.c), so state, watermark and outbox land
+ *      atomically per user;
+ *   5. has its copies published once the writes are confirmed (new copies,
+ *      and outbox copies of redelivered events, byte for byte);
+ *   6. is committed once the broker has acknowledged everything it
+ *      produced; the outbox copies it covered are then deleted.
  *
- * If anything fails before the commit, the consumer is rewound to the
- * batch's first offsets and the batch runs again later: Redis already holds
- * whatever was written, the watermarks turn the re-applied events into
- * no-ops, and the outbox republishes the copies they caused. Nothing is lost,
+ * The steps overlap: while Redis executes one batch's writes the next batch
+ * is decoded and applied, and while the broker acknowledges a batch's copies
+ * the next one is staged (see svc_flight and svc_process_batch).
+ *
+ * If anything fails before a commit, the consumer is rewound to the first
+ * offsets of every uncommitted batch and they run again later: Redis holds
+ * whatever was written, the watermarks turn re-applied events into no-ops,
+ * and the outbox republishes the copies they caused. Nothing is lost,
  * nothing counts twice, and a copy may be published twice only with the same
  * bytes (at-least-once). See docs/ARCHITECTURE.md.
  *
@@ -32,7 +36,6 @@
  * every instance needs every item, like a global table. It is read to the
  * end at start-up and followed between batches. */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -40,7 +43,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cache.h"
@@ -59,7 +61,6 @@
 #include "userstate.h"
 #include "util.h"
 
-#define SVC_MAX_WRITE_ATTEMPTS 8
 #define SVC_INTENT "recommendation"
 #define SVC_STRATEGY "affinity"
 
@@ -78,6 +79,7 @@ typedef struct svc_item {
     int outcome;              /* US_* of the last apply */
     int publish;              /* its outbox copy is published after the write */
     int suppressed;           /* MET_SUPPRESSED_* + 1, or 0 */
+    codec_status dead;        /* why it was dead-lettered (kind == SVC_DEAD) */
 } svc_item;
 
 struct svc_user {
@@ -105,19 +107,20 @@ typedef struct {
 } svc_assigned;
 
 typedef struct {
-    int topic;                /* index into svc.topics */
+    int topic;                /* 0 clickstream, 1 reactions */
     int32_t partition;
     int64_t min, max;         /* offsets seen in this batch */
 } svc_span;
 
-/* A batch on its way through the pipeline. Three are alive at once, each a
- * step behind the other, so that no step waits for a round trip:
+/* A batch on its way through the pipeline. Up to three are alive at once,
+ * each a step behind the other, so that no step waits for a round trip:
  *
- *   STAGING  decoded, applied, its Redis writes sent, replies not read yet;
- *   WRITING  -> once the next batch is decoded, its replies are read and, if
- *               every write went through, its copies are produced;
- *   ACKING   -> once the batch after it is decoded too, its acks are in: its
- *               offsets are committed and it is reported.
+ *   (staging) being decoded and applied;
+ *   WRITING   its Redis writes sent; once the next batch is decoded and its
+ *             cached users applied, the replies are read and, if every write
+ *             went through, its copies are produced;
+ *   ACKING    its copies produced; by the time the batch after it is staged
+ *             its acks are in: its offsets are committed and it is reported.
  *
  * Commits stay in order. A failure anywhere rewinds every batch not yet
  * committed (see svc_recover). */
@@ -135,7 +138,7 @@ typedef struct {
     int64_t t0;               /* when staging began */
     int64_t *polled_us;       /* [n_polled] (capacity batch_max): poll times */
     size_t n_polled;
-    uint64_t events[EV__COUNT], reactions[RX__COUNT], dead;
+    uint64_t events[EV__COUNT], reactions[RX__COUNT], dead[CODEC__COUNT];
     uint64_t skipped_dup, skipped_redelivered;
     uint64_t suppressed[3];   /* by MET_SUPPRESSED_* - MET_SUPPRESSED_MIN_INTERVAL */
     uint64_t *copies;         /* [n_locales] copies published, by locale */
@@ -491,7 +494,7 @@ static int svc_decode(svc *s, svc_flight *f, svc_item *it) {
     }
     if (st == CODEC_OK) return 0;
     it->kind = SVC_DEAD;
-    metrics_inc_dead_letter(st, 1);
+    it->dead = st;
     return svc_dead_letter(s, f, it, st, why[0] ? why : codec_status_name(st));
 }
 
@@ -643,7 +646,8 @@ static void svc_flight_reset(svc_flight *f, size_t n_locales) {
     f->n_polled = 0;
     memset(f->events, 0, sizeof f->events);
     memset(f->reactions, 0, sizeof f->reactions);
-    f->dead = f->skipped_dup = f->skipped_redelivered = 0;
+    memset(f->dead, 0, sizeof f->dead);
+    f->skipped_dup = f->skipped_redelivered = 0;
     memset(f->suppressed, 0, sizeof f->suppressed);
     memset(f->copies, 0, n_locales * sizeof *f->copies);
 }
@@ -827,7 +831,7 @@ static void svc_flight_tally(svc *s, svc_flight *f) {
         f->polled_us[f->n_polled++] = it->polled_us;
         if (it->kind == SVC_CLICK) f->events[it->click.type]++;
         else if (it->kind == SVC_REACTION) f->reactions[it->rx.type]++;
-        else f->dead++;
+        else f->dead[it->dead]++;
         f->skipped_dup += it->outcome == US_DUPLICATE;
         f->skipped_redelivered += it->outcome == US_ALREADY_APPLIED;
         if (it->suppressed) f->suppressed[it->suppressed - 1 - MET_SUPPRESSED_MIN_INTERVAL]++;
@@ -852,7 +856,10 @@ static void svc_flight_report(svc *s, const svc_flight *f, int64_t now_us) {
         metrics_inc_reaction((reaction_type)t, f->reactions[t]);
         s->total_reactions += f->reactions[t];
     }
-    s->total_dead += f->dead;
+    for (int k = 0; k < CODEC__COUNT; k++) {
+        metrics_inc_dead_letter((codec_status)k, f->dead[k]);
+        s->total_dead += f->dead[k];
+    }
     metrics_inc(MET_SKIPPED_DUPLICATE, f->skipped_dup);
     metrics_inc(MET_SKIPPED_REDELIVERED, f->skipped_redelivered);
     for (int k = 0; k < 3; k++)
