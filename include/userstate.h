@@ -92,6 +92,8 @@ typedef struct {
     uint64_t version;         /* CAS version of the Redis hash; 0 = none yet */
     us_event *seq;            /* [n_seq], oldest first */
     size_t n_seq, cap_seq;
+    uint64_t seq_total;       /* events ever appended to seq: a model state built
+                               * from the sequence is current iff it covers this many */
     us_affinities cats;
     us_affinities attrs;
     uint64_t *bought;         /* [n_bought], most recent last */
@@ -160,6 +162,7 @@ int64_t userstate_watermark(const user_state *s, uint8_t topic, int32_t partitio
 
 /* Hash fields: the state as (field, value) pairs of the user's Redis hash.
  * Field names: "seq", "cat", "attr", "buy", "seen" (versioned binary blobs),
+ * "sq" (events ever appended to seq),
  * "n.<event type>", "r.<reaction type>", "dup" (counters, decimal), "t0",
  * "t1", "lc" (event times in ms), "loc" (locale), "w.c.<partition>" and
  * "w.r.<partition>" (applied offsets of clickstream and reactions) and

@@ -282,6 +282,7 @@ int userstate_apply_click(user_state *s, const userstate_params *p, const click_
             s->n_seq--;
         }
         s->seq[s->n_seq++] = (us_event){item, ts_s, (uint8_t)e->type};
+        s->seq_total++;
         s->dirty |= US_DIRTY_SEQ;
     }
 
@@ -428,6 +429,7 @@ int userstate_encode(const user_state *s, unsigned which, userstate_fields *out)
             if (buf_put_u64le(b, s->seq[i].item) || buf_put_u32le(b, s->seq[i].ts_s) ||
                 buf_put_u8(b, s->seq[i].type))
                 return -1;
+        if (us_field_i64(out, "sq", (int64_t)s->seq_total)) return -1;
     }
     if (which & US_DIRTY_CATS)
         if (!(b = us_field_new(out, "cat")) || us_put_affinities(b, &s->cats)) return -1;
@@ -571,6 +573,10 @@ int userstate_decode_field(user_state *s, const char *name, size_t name_len, con
             if (us_parse_i64(value, len, &v) || v < 0) goto bad;
             s->reactions[t] = (uint64_t)v;
         }
+    } else if (!strcmp(fname, "sq")) {
+        int64_t v;
+        if (us_parse_i64(value, len, &v) || v < 0) goto bad;
+        s->seq_total = (uint64_t)v;
     } else if (!strcmp(fname, "dup")) {
         int64_t v;
         if (us_parse_i64(value, len, &v) || v < 0) goto bad;

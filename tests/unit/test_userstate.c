@@ -122,6 +122,9 @@ static void test_sequence_keeps_the_newest_events(void **unused) {
     assert_int_equal(userstate_apply_click(&s, &p, &q, NULL, 0, 0, 9), US_APPLIED);
     assert_int_equal(s.n_seq, 3);
     assert_int_equal(s.events[EV_SEARCH], 1);
+    /* Every item event ever appended is counted, also those trimmed since:
+     * a model state built from the sequence checks itself against this. */
+    assert_int_equal(s.seq_total, 5);
     userstate_clear(&s);
 }
 
@@ -228,6 +231,7 @@ static void test_hash_fields_round_trip(void **unused) {
     assert_int_equal(a.len, b.len);
     assert_memory_equal(a.p, b.p, a.len);
     assert_string_equal(t.locale, "zh-CN");
+    assert_int_equal(t.seq_total, 2);
     assert_int_equal(userstate_watermark(&t, US_TOPIC_CLICKSTREAM, 2), 8);
     assert_int_equal(userstate_watermark(&t, US_TOPIC_REACTIONS, 5), 33);
     assert_int_equal(t.reactions[RX_CLICK], 1);
