@@ -7,6 +7,7 @@
 #   make valgrind   the unit tests under valgrind, failing on any leak or error
 #   make demo       clickstream in, personalized copy out, end to end
 #   make bench      end-to-end throughput against a passthrough ceiling
+#   make bench-inference   the Transformer engine's step, batch and scoring costs
 #
 # BUILD selects the output folder, SAN adds sanitizer flags; `make asan` sets both.
 
@@ -33,7 +34,7 @@ UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps test unit integration asan valgrind demo bench clean
+.PHONY: all deps test unit integration asan valgrind demo bench bench-inference clean
 
 all: $(BIN) $(UNIT_BINS) $(BENCH_BINS)
 
@@ -88,6 +89,11 @@ demo: deps
 bench: deps
 	$(MAKE) all
 	bench/e2e.sh $(BUILD)
+
+# The Transformer engine alone: incremental vs full recompute, batched step
+# vs plain sgemm, scoring the Amazon Beauty catalog size. Needs no services.
+bench-inference: $(BUILD)/bench/inference
+	$(BUILD)/bench/inference --threads 1
 
 clean:
 	rm -rf build build-asan

@@ -1,0 +1,1072 @@
+/* model.c -- the sequential recommender's inference engine; see model.h and
+ * docs/MODEL.md.
+ *
+ * Laid out like llama2.c's run.c: the config, the weights (pointers into the
+ * mapped file), the run state (one allocation of activations), then one
+ * function per layer (`op_forward`), then the passes built from them. There
+ * are three passes and they share every layer but attention's source of keys:
+ * a step advances B users by one position each, a prefill appends n positions
+ * of one user, both attending through the users' KV states; the full
+ * recompute attends to its own rows and keeps nothing. The tests hold the
+ * first two to the third. */
+#define _GNU_SOURCE
+#include "model.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "buf.h"
+#include "util.h"
+
+/* Tensors and tables are used in place from the mapped file. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "model files are little-endian and mapped as they are"
+#endif
+
+#define MODEL_MAGIC "CSMODEL"          /* 8 bytes with its NUL */
+#define MODEL_HEADER_BYTES 64
+#define MODEL_CHECKSUM_OFFSET 16
+#define MODEL_CHECKSUMMED_FROM 24      /* the checksum covers [24, end of file) */
+#define MODEL_ALIGN 64                 /* every tensor and table starts at a multiple */
+#define MODEL_ROPE_THETA 10000.0
+#define MODEL_LN_EPS 1e-5f
+
+/* Hash -> row, open addressing over util_hash() values (already well mixed). */
+typedef struct {
+    uint64_t *keys;           /* (cap) */
+    int32_t *rows;            /* (cap) -1: empty slot */
+    size_t mask;              /* cap - 1, cap a power of two */
+} rowtab;
+
+struct model {
+    model_config config;
+    model_weights weights;    /* pointers into map */
+    const uint8_t *map;       /* (map_len) the file, mapped read-only */
+    size_t map_len;
+    uint64_t checksum;
+    const char **item_ids;    /* (n_items) NUL-terminated strings in map */
+    uint64_t *item_hash;      /* (n_items) util_hash(item_ids[i]) */
+    const int32_t *attr_off;  /* (n_items + 1) in map */
+    const int32_t *attr_rows; /* (attr_off[n_items]) in map */
+    rowtab items, attrs;
+    float *rope_cos;          /* (window, head_dim / 2) */
+    float *rope_sin;          /* (window, head_dim / 2) */
+    char version[48];
+};
+
+static int model_threads_chosen;
+
+void model_set_threads(int n) {
+    openblas_set_num_threads(n > 0 ? n : 1);
+    model_threads_chosen = 1;
+}
+
+/* ---------------------------------------------------------------------------
+ * matmul: the one door to BLAS */
+
+/* y (n) += a * x (n). */
+static inline void axpy(float *restrict y, const float *restrict x, float a, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* y (n) += a[0..4) @ x (4, n), rows ld apart: y is loaded and stored once per
+ * four rows rather than once per row. */
+static inline void axpy4(float *restrict y, const float *restrict x, size_t ld, const float *a,
+                         int n) {
+    const float *x1 = x + ld, *x2 = x1 + ld, *x3 = x2 + ld;
+    float a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    for (int i = 0; i < n; i++) y[i] += a0 * x[i] + a1 * x1[i] + a2 * x2[i] + a3 * x3[i];
+}
+
+void matmul(float *out, const float *a, const float *b, int m, int n, int k, int lda, int ldb,
+            int ldo, int b_t, float beta) {
+    if (m == 1 && !b_t) {
+        /* One row times a matrix: a single user's projections, or a query
+         * against its cached keys. Here OpenBLAS's call and packing overhead
+         * outweigh the product, so it runs as axpys over b's rows. GCC's -O2
+         * cost model vectorizes a loop only when no scalar remainder is left,
+         * so each row goes as a multiple of 8 and the rest. */
+        if (beta == 0.0f) memset(out, 0, (size_t)n * sizeof *out);
+        int n8 = n & ~7, p = 0;
+        for (; p + 4 <= k; p += 4) {
+            const float *rows = b + (size_t)p * ldb;
+            axpy4(out, rows, (size_t)ldb, a + p, n8);
+            axpy4(out + n8, rows + n8, (size_t)ldb, a + p, n - n8);
+        }
+        for (; p < k; p++) {
+            const float *row = b + (size_t)p * ldb;
+            axpy(out, row, a[p], n8);
+            axpy(out + n8, row + n8, a[p], n - n8);
+        }
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, b_t ? CblasTrans : CblasNoTrans, m, n, k, 1.0f, a,
+                lda, b, ldb, beta, out, ldo);
+}
+
+void matmul_naive(float *out, const float *a, const float *b, int m, int n, int k, int lda,
+                  int ldb, int ldo, int b_t, float beta) {
+    for (int i = 0; i < m; i++) {
+        for (int j = 0; j < n; j++) {
+            double s = 0;
+            for (int p = 0; p < k; p++)
+                s += (double)a[(size_t)i * lda + p] *
+                     (b_t ? b[(size_t)j * ldb + p] : b[(size_t)p * ldb + j]);
+            float *o = &out[(size_t)i * ldo + j];
+            *o = (float)s + (beta != 0.0f ? beta * *o : 0.0f);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * layers */
+
+/* out (R, C) = inp (R, C_in) @ w (C_in, C) + bias (C). */
+static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int R,
+                           int c_in, int c) {
+    for (int r = 0; r < R; r++) memcpy(out + (size_t)r * c, bias, (size_t)c * sizeof *out);
+    matmul(out, inp, w, R, c, c_in, c_in, c, c, 0, 1.0f);
+}
+
+/* out (R, C) = LayerNorm of each row of inp (R, C), gain w (C), bias b (C). */
+static void layernorm_forward(float *out, const float *inp, const float *w, const float *b, int R,
+                              int C) {
+    for (int r = 0; r < R; r++) {
+        const float *x = inp + (size_t)r * C;
+        float *o = out + (size_t)r * C;
+        float mean = 0, var = 0;
+        for (int i = 0; i < C; i++) mean += x[i];
+        mean /= C;
+        for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+        float rstd = 1.0f / sqrtf(var / C + MODEL_LN_EPS);
+        for (int i = 0; i < C; i++) o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    }
+}
+
+/* x (N) = GELU(x), the tanh approximation 0.5 x (1 + tanh(u)), computed as
+ * x sigmoid(2u), the same function: glibc's tanhf costs several expf, and
+ * GELU is the largest cost of a step outside matmul. */
+static void gelu_forward(float *x, size_t N) {
+    const float s = 2.0f * 0.7978845608028654f; /* 2 sqrt(2 / pi) */
+    for (size_t i = 0; i < N; i++) {
+        float v = x[i];
+        x[i] = v / (1.0f + expf(-s * (v + 0.044715f * v * v * v)));
+    }
+}
+
+/* x (N) += y (N). */
+static void residual_forward(float *x, const float *y, size_t N) {
+    for (size_t i = 0; i < N; i++) x[i] += y[i];
+}
+
+/* Rotates each (even, odd) pair of every head of the query and the key of one
+ * row of qkv (3*dim) by pos times its frequency. Rotations compose, so the
+ * score of query position i and key position j depends on i - j only: keys
+ * cached at their own positions stay right however many events follow. */
+static void rope_forward(const model *m, float *qkv, int pos) {
+    int d = m->config.dim, hd = d / m->config.n_heads, half = hd / 2;
+    const float *cs = m->rope_cos + (size_t)pos * half, *sn = m->rope_sin + (size_t)pos * half;
+    for (float *v = qkv; v < qkv + 2 * d; v += hd) { /* the queries, then the keys */
+        for (int i = 0; i < half; i++) {
+            float a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = a * cs[i] - b * sn[i];
+            v[2 * i + 1] = a * sn[i] + b * cs[i];
+        }
+    }
+}
+
+/* x (T) = softmax(scale * x[0..n)) with x[n..T) = 0: the causal mask. */
+static void softmax_forward(float *x, int n, int T, float scale) {
+    float max = x[0];
+    for (int j = 1; j < n; j++) max = x[j] > max ? x[j] : max;
+    float sum = 0;
+    for (int j = 0; j < n; j++) sum += x[j] = expf(scale * (x[j] - max));
+    float inv = 1.0f / sum;
+    for (int j = 0; j < n; j++) x[j] *= inv;
+    for (int j = n; j < T; j++) x[j] = 0;
+}
+
+/* out (dim) += mean of attr_emb over rows[0..n), computed apart so that every
+ * caller adds the very same vector. */
+static void attrmean_forward(const model *m, const int32_t *rows, int n, float *out) {
+    if (n <= 0) return;
+    int d = m->config.dim;
+    const float *emb = m->weights.attr_emb;
+    for (int i = 0; i < d; i++) {
+        float s = 0;
+        for (int r = 0; r < n; r++) s += emb[(size_t)rows[r] * d + i];
+        out[i] += s / n;
+    }
+}
+
+/* out (dim) = the input vector of token t: item vector + attribute mean +
+ * type. An unknown item's vector is its attribute mean (model_embed_unknown). */
+static void embed_forward(const model *m, const model_token *t, float *out) {
+    int d = m->config.dim;
+    const model_weights *w = &m->weights;
+    if (t->item >= 0) {
+        memcpy(out, w->item_emb + (size_t)t->item * d, (size_t)d * sizeof *out);
+        int32_t lo = m->attr_off[t->item], hi = m->attr_off[t->item + 1];
+        attrmean_forward(m, m->attr_rows + lo, hi - lo, out);
+    } else {
+        memset(out, 0, (size_t)d * sizeof *out);
+        attrmean_forward(m, t->attrs, t->n_attrs, out);
+        for (int i = 0; i < d; i++) out[i] += out[i];
+    }
+    const float *ty = w->type_emb + (size_t)t->type * d;
+    for (int i = 0; i < d; i++) out[i] += ty[i];
+}
+
+/* Causal self-attention of layer l for one user whose n new positions are
+ * rows [row, row + n) of rs->qkv, written to the same rows of rs->atty.
+ * With a KV state, the rotated keys and the values of the new positions are
+ * appended to it (positions kv->n...) and the queries attend to everything
+ * it holds; without one, positions count from 0 and the queries attend to
+ * these rows alone. */
+static void attention_forward(const model *m, model_runstate *rs, int l, model_kv *kv, int row,
+                              int n) {
+    const model_config *c = &m->config;
+    int d = c->dim, H = c->n_heads, hd = d / H, W = c->window;
+    int n0 = kv ? kv->n : 0, T = n0 + n;  /* T: the keys the last new position sees */
+    float *qkv = rs->qkv + (size_t)row * 3 * d;
+    for (int i = 0; i < n; i++) rope_forward(m, qkv + (size_t)i * 3 * d, n0 + i);
+
+    const float *keys, *values;
+    int ldk, ldv, k_t;
+    if (kv) {
+        float *key = kv->key + (size_t)l * H * hd * W;   /* (H, hd, W) */
+        float *value = kv->value + (size_t)l * W * d;     /* (W, dim) */
+        for (int i = 0; i < n; i++) {
+            const float *q = qkv + (size_t)i * 3 * d;
+            for (int j = 0; j < d; j++) key[(size_t)j * W + n0 + i] = q[d + j];
+            memcpy(value + (size_t)(n0 + i) * d, q + 2 * d, (size_t)d * sizeof *value);
+        }
+        keys = key, ldk = W, k_t = 0;
+        values = value, ldv = d;
+    } else {
+        keys = qkv + d, ldk = 3 * d, k_t = 1;
+        values = qkv + 2 * d, ldv = 3 * d;
+    }
+
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < H; h++) {
+        /* att (n, T) = q_h (n, hd) @ k_h^T, then the causal softmax per row */
+        const float *k_h = k_t ? keys + h * hd : keys + (size_t)h * hd * W;
+        matmul(rs->att, qkv + h * hd, k_h, n, T, hd, 3 * d, ldk, T, k_t, 0.0f);
+        for (int i = 0; i < n; i++) softmax_forward(rs->att + (size_t)i * T, n0 + i + 1, T, scale);
+        /* atty_h (n, hd) = att (n, T) @ v_h (T, hd) */
+        matmul(rs->atty + (size_t)row * d + h * hd, rs->att, values + h * hd, n, hd, T, T, ldv, d,
+               0, 0.0f);
+    }
+}
+
+/* The L blocks over rows [0, R) of rs->x: n_users users of R / n_users new
+ * positions each, user u's in consecutive rows from u * (R / n_users). User u
+ * attends through kvs[u], which gains its positions; with kvs NULL (one
+ * user) nothing is cached. The residual stream is left in rs->x. */
+static void blocks_forward(const model *m, model_runstate *rs, int R, model_kv *const *kvs,
+                           int n_users) {
+    const model_config *c = &m->config;
+    const model_weights *w = &m->weights;
+    int d = c->dim, hid = c->hidden, per_user = R / n_users;
+    for (int l = 0; l < c->n_layers; l++) {
+        layernorm_forward(rs->xb, rs->x, w->ln1_w + l * d, w->ln1_b + l * d, R, d);
+        matmul_forward(rs->qkv, rs->xb, w->wqkv + (size_t)l * d * 3 * d, w->bqkv + l * 3 * d, R,
+                       d, 3 * d);
+        for (int u = 0; u < n_users; u++)
+            attention_forward(m, rs, l, kvs ? kvs[u] : NULL, u * per_user, per_user);
+        matmul_forward(rs->xb2, rs->atty, w->wo + (size_t)l * d * d, w->bo + l * d, R, d, d);
+        residual_forward(rs->x, rs->xb2, (size_t)R * d);
+
+        layernorm_forward(rs->xb, rs->x, w->ln2_w + l * d, w->ln2_b + l * d, R, d);
+        matmul_forward(rs->hb, rs->xb, w->w1 + (size_t)l * d * hid, w->b1 + (size_t)l * hid, R, d,
+                       hid);
+        gelu_forward(rs->hb, (size_t)R * hid);
+        matmul_forward(rs->xb2, rs->hb, w->w2 + (size_t)l * hid * d, w->b2 + l * d, R, hid, d);
+        residual_forward(rs->x, rs->xb2, (size_t)R * d);
+    }
+    if (kvs)
+        for (int u = 0; u < n_users; u++) kvs[u]->n += per_user;
+}
+
+/* ---------------------------------------------------------------------------
+ * passes */
+
+static int token_check(const model *m, const model_token *t, char *errstr, size_t errlen) {
+    const model_config *c = &m->config;
+    if (t->type < 0 || t->type >= c->n_types)
+        return util_err(errstr, errlen, "event type %d is not one of the model's %d", t->type,
+                        c->n_types);
+    if (t->item < -1 || t->item >= c->n_items)
+        return util_err(errstr, errlen, "item row %d is out of range (%d items)", t->item,
+                        c->n_items);
+    if (t->item == -1) {
+        if (t->n_attrs < 0 || (t->n_attrs > 0 && !t->attrs))
+            return util_err(errstr, errlen, "unknown item with %d attributes and no rows",
+                            t->n_attrs);
+        for (int i = 0; i < t->n_attrs; i++)
+            if (t->attrs[i] < 0 || t->attrs[i] >= c->n_attrs)
+                return util_err(errstr, errlen, "attribute row %d is out of range (%d attributes)",
+                                t->attrs[i], c->n_attrs);
+    }
+    return 0;
+}
+
+static int kv_check(const model *m, const model_kv *kv, int n, char *errstr, size_t errlen) {
+    if (kv->model_tag != m->checksum)
+        return util_err(errstr, errlen, "KV state was computed with another model: rebuild it");
+    if (kv->n + n > m->config.window)
+        return util_err(errstr, errlen,
+                        "KV state holds %d of %d positions, no room for %d more: rebuild it "
+                        "(model_window_positions)",
+                        kv->n, m->config.window, n);
+    return 0;
+}
+
+int model_step(const model *m, model_runstate *rs, model_kv *const *kvs,
+               const model_token *tokens, int B, float *h_out, char *errstr, size_t errlen) {
+    if (B < 1 || B > rs->max_batch)
+        return util_err(errstr, errlen, "batch of %d users, the run state takes 1 to %d", B,
+                        rs->max_batch);
+    for (int b = 0; b < B; b++) {
+        if (token_check(m, &tokens[b], errstr, errlen) < 0 ||
+            kv_check(m, kvs[b], 1, errstr, errlen) < 0)
+            return -1;
+        for (int b2 = 0; b2 < b; b2++)
+            if (kvs[b2] == kvs[b])
+                return util_err(errstr, errlen, "the same KV state twice in one step");
+    }
+    int d = m->config.dim;
+    for (int b = 0; b < B; b++) embed_forward(m, &tokens[b], rs->x + (size_t)b * d);
+    blocks_forward(m, rs, B, kvs, B);
+    layernorm_forward(h_out, rs->x, m->weights.lnf_w, m->weights.lnf_b, B, d);
+    return 0;
+}
+
+/* Embeds tokens[0..n) into rs->x after checking them and n. */
+static int sequence_embed(const model *m, model_runstate *rs, const model_token *tokens, int n,
+                          char *errstr, size_t errlen) {
+    if (n < 1 || n > m->config.window) /* rs->rows >= window */
+        return util_err(errstr, errlen, "%d positions at once, the model takes 1 to %d", n,
+                        m->config.window);
+    for (int i = 0; i < n; i++)
+        if (token_check(m, &tokens[i], errstr, errlen) < 0) return -1;
+    for (int i = 0; i < n; i++) embed_forward(m, &tokens[i], rs->x + (size_t)i * m->config.dim);
+    return 0;
+}
+
+int model_prefill(const model *m, model_runstate *rs, model_kv *kv, const model_token *tokens,
+                  int n, float *h_out, char *errstr, size_t errlen) {
+    if (kv_check(m, kv, n, errstr, errlen) < 0 ||
+        sequence_embed(m, rs, tokens, n, errstr, errlen) < 0)
+        return -1;
+    blocks_forward(m, rs, n, &kv, 1);
+    int d = m->config.dim;
+    if (h_out)
+        layernorm_forward(h_out, rs->x + (size_t)(n - 1) * d, m->weights.lnf_w, m->weights.lnf_b,
+                          1, d);
+    return 0;
+}
+
+int model_forward_full(const model *m, model_runstate *rs, const model_token *tokens, int n,
+                       float *h_out, char *errstr, size_t errlen) {
+    if (sequence_embed(m, rs, tokens, n, errstr, errlen) < 0) return -1;
+    blocks_forward(m, rs, n, NULL, 1);
+    int d = m->config.dim;
+    layernorm_forward(h_out, rs->x + (size_t)(n - 1) * d, m->weights.lnf_w, m->weights.lnf_b, 1,
+                      d);
+    return 0;
+}
+
+int model_window_positions(const model *m, uint64_t n_events) {
+    uint64_t W = (uint64_t)m->config.window, half = W / 2;
+    if (n_events <= W) return (int)n_events;
+    /* A rebuild leaves half; steps refill to W; the next event rebuilds. */
+    return (int)(half + (n_events - W - 1) % (W - half + 1));
+}
+
+int model_embed_unknown(const model *m, const int32_t *attr_rows, int n, float *out) {
+    for (int i = 0; i < n; i++)
+        if (attr_rows[i] < 0 || attr_rows[i] >= m->config.n_attrs) return -1;
+    memset(out, 0, (size_t)m->config.dim * sizeof *out);
+    attrmean_forward(m, attr_rows, n, out);
+    return 0;
+}
+
+void model_score(const model *m, const float *h, int B, float *scores) {
+    model_score_rows(m, h, B, m->weights.item_emb, m->config.n_items, scores);
+}
+
+void model_score_rows(const model *m, const float *h, int B, const float *rows, int n,
+                      float *scores) {
+    int d = m->config.dim;
+    matmul(scores, h, rows, B, n, d, d, d, n, 1, 0.0f);
+}
+
+/* Heap order for the top k: is row a a worse pick than row b? */
+static int topk_worse(const float *s, int32_t a, int32_t b) {
+    return s[a] < s[b] || (s[a] == s[b] && a > b);
+}
+
+static void topk_sift_down(const float *s, int32_t *heap, int n, int i) {
+    for (;;) {
+        int worst = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && topk_worse(s, heap[l], heap[worst])) worst = l;
+        if (r < n && topk_worse(s, heap[r], heap[worst])) worst = r;
+        if (worst == i) return;
+        int32_t t = heap[i];
+        heap[i] = heap[worst];
+        heap[worst] = t;
+        i = worst;
+    }
+}
+
+int model_topk(const float *scores, int n, int k, model_skip_fn skip, void *ctx,
+               int32_t *rows_out, float *scores_out) {
+    /* rows_out is a heap with the worst pick at the root; rows arrive in
+     * ascending order, so an equal score never displaces a pick. */
+    int count = 0;
+    for (int32_t r = 0; r < n && k > 0; r++) {
+        float s = scores[r];
+        if (s != s) continue; /* NaN */
+        if (count == k && !(s > scores[rows_out[0]])) continue;
+        if (skip && skip(ctx, r)) continue;
+        if (count < k) {
+            int i = count++;
+            rows_out[i] = r;
+            while (i > 0 && topk_worse(scores, rows_out[i], rows_out[(i - 1) / 2])) {
+                int32_t t = rows_out[i];
+                rows_out[i] = rows_out[(i - 1) / 2];
+                rows_out[(i - 1) / 2] = t;
+                i = (i - 1) / 2;
+            }
+        } else {
+            rows_out[0] = r;
+            topk_sift_down(scores, rows_out, count, 0);
+        }
+    }
+    /* Heap sort: moving the worst to the end each time leaves the best first. */
+    for (int end = count - 1; end > 0; end--) {
+        int32_t t = rows_out[0];
+        rows_out[0] = rows_out[end];
+        rows_out[end] = t;
+        topk_sift_down(scores, rows_out, end, 0);
+    }
+    if (scores_out)
+        for (int i = 0; i < count; i++) scores_out[i] = scores[rows_out[i]];
+    return count;
+}
+
+/* ---------------------------------------------------------------------------
+ * run and KV states */
+
+model_runstate *model_runstate_new(const model *m, int max_batch) {
+    const model_config *c = &m->config;
+    if (max_batch < 1) return NULL;
+    model_runstate *rs = calloc(1, sizeof *rs);
+    if (!rs) return NULL;
+    size_t R = (size_t)(max_batch > c->window ? max_batch : c->window), d = c->dim;
+    size_t floats = R * (7 * d + c->hidden) + (size_t)c->window * c->window;
+    if (!(rs->act_mem = calloc(floats, sizeof(float)))) {
+        free(rs);
+        return NULL;
+    }
+    rs->rows = (int)R;
+    rs->max_batch = max_batch;
+    float *p = rs->act_mem;
+    rs->x = p, p += R * d;
+    rs->xb = p, p += R * d;
+    rs->xb2 = p, p += R * d;
+    rs->qkv = p, p += R * 3 * d;
+    rs->atty = p, p += R * d;
+    rs->hb = p, p += R * c->hidden;
+    rs->att = p;
+    return rs;
+}
+
+void model_runstate_free(model_runstate *rs) {
+    if (!rs) return;
+    free(rs->act_mem);
+    free(rs);
+}
+
+/* The header takes the first 64 bytes so the arrays stay aligned. */
+_Static_assert(sizeof(model_kv) <= 64, "model_kv header must fit in 64 bytes");
+
+size_t model_kv_bytes(const model_config *c) {
+    return 64 + 2 * (size_t)c->n_layers * c->window * c->dim * sizeof(float);
+}
+
+model_kv *model_kv_new(const model *m) {
+    const model_config *c = &m->config;
+    size_t bytes = model_kv_bytes(c);
+    model_kv *kv = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!kv) return NULL;
+    memset(kv, 0, bytes);  /* unused positions are never read, but stay defined */
+    kv->bytes = bytes;
+    kv->window = c->window;
+    kv->key = (float *)((char *)kv + 64);
+    kv->value = kv->key + (size_t)c->n_layers * c->window * c->dim;
+    kv->model_tag = m->checksum;
+    return kv;
+}
+
+void model_kv_free(model_kv *kv) { free(kv); }
+
+int model_kv_reset(const model *m, model_kv *kv) {
+    /* Same size and window keep every index in bounds, whatever the shape. */
+    if (kv->bytes != model_kv_bytes(&m->config) || kv->window != m->config.window) return -1;
+    kv->model_tag = m->checksum;
+    kv->n = 0;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * the model file */
+
+const model_config *model_get_config(const model *m) { return &m->config; }
+const model_weights *model_get_weights(const model *m) { return &m->weights; }
+const char *model_version(const model *m) { return m->version; }
+uint64_t model_checksum(const model *m) { return m->checksum; }
+
+static int rowtab_init(rowtab *t, const uint64_t *hashes, int n) {
+    size_t cap = 2;
+    while (cap < 2 * (size_t)n) cap *= 2;
+    t->mask = cap - 1;
+    t->keys = calloc(cap, sizeof *t->keys);
+    t->rows = malloc(cap * sizeof *t->rows);
+    if (!t->keys || !t->rows) return -1;
+    memset(t->rows, 0xff, cap * sizeof *t->rows); /* all -1 */
+    for (int r = 0; r < n; r++) {
+        size_t i = hashes[r] & t->mask;
+        while (t->rows[i] >= 0) {
+            if (t->keys[i] == hashes[r]) return r + 1; /* a duplicate: 1 + its row */
+            i = (i + 1) & t->mask;
+        }
+        t->keys[i] = hashes[r];
+        t->rows[i] = r;
+    }
+    return 0;
+}
+
+static void rowtab_free(rowtab *t) {
+    free(t->keys);
+    free(t->rows);
+}
+
+static int32_t rowtab_get(const rowtab *t, uint64_t h) {
+    for (size_t i = h & t->mask;; i = (i + 1) & t->mask)
+        if (t->rows[i] < 0 || t->keys[i] == h) return t->rows[i];
+}
+
+int32_t model_item_row(const model *m, uint64_t item_hash) {
+    return rowtab_get(&m->items, item_hash);
+}
+
+int32_t model_attr_row(const model *m, uint64_t attr_hash) {
+    return rowtab_get(&m->attrs, attr_hash);
+}
+
+const char *model_item_id(const model *m, int32_t row) { return m->item_ids[row]; }
+uint64_t model_item_hash(const model *m, int32_t row) { return m->item_hash[row]; }
+
+const int32_t *model_item_attrs(const model *m, int32_t row, int *n) {
+    *n = m->attr_off[row + 1] - m->attr_off[row];
+    return m->attr_rows + m->attr_off[row];
+}
+
+static int config_check(const model_config *c, char *errstr, size_t errlen) {
+    /* Bounds keep every size product far from overflowing 64 bits. */
+    struct { const char *name; int v, lo, hi; } f[] = {
+        {"dim", c->dim, 2, 1 << 16},          {"n_layers", c->n_layers, 1, 1 << 10},
+        {"n_heads", c->n_heads, 1, 1 << 10},  {"window", c->window, 2, 1 << 16},
+        {"hidden", c->hidden, 1, 1 << 20},    {"n_items", c->n_items, 1, 1 << 28},
+        {"n_attrs", c->n_attrs, 0, 1 << 28},  {"n_types", c->n_types, 1, 1 << 16},
+    };
+    for (size_t i = 0; i < UTIL_ARRAY_LEN(f); i++)
+        if (f[i].v < f[i].lo || f[i].v > f[i].hi)
+            return util_err(errstr, errlen, "%s is %d, must be %d to %d", f[i].name, f[i].v,
+                            f[i].lo, f[i].hi);
+    if (c->dim % c->n_heads || (c->dim / c->n_heads) % 2)
+        return util_err(errstr, errlen, "dim %d over %d heads must give an even head size",
+                        c->dim, c->n_heads);
+    return 0;
+}
+
+/* The tensors in file order: where each one's pointer goes and its floats. */
+static int weights_list(model_weights *w, const model_config *c, float ***slot, size_t *count) {
+    size_t d = c->dim, L = c->n_layers, hid = c->hidden;
+    float **s[] = {&w->item_emb, &w->attr_emb, &w->type_emb, &w->ln1_w, &w->ln1_b, &w->wqkv,
+                   &w->bqkv,     &w->wo,       &w->bo,       &w->ln2_w, &w->ln2_b, &w->w1,
+                   &w->b1,       &w->w2,       &w->b2,       &w->lnf_w, &w->lnf_b};
+    size_t n[] = {c->n_items * d, c->n_attrs * d, c->n_types * d, L * d,  L * d, L * d * 3 * d,
+                  L * 3 * d,      L * d * d,      L * d,          L * d,  L * d, L * d * hid,
+                  L * hid,        L * hid * d,    L * d,          d,      d};
+    _Static_assert(sizeof s / sizeof s[0] == sizeof n / sizeof n[0], "one count per tensor");
+    memcpy(slot, s, sizeof s);
+    memcpy(count, n, sizeof n);
+    return (int)UTIL_ARRAY_LEN(s);
+}
+
+#define MODEL_N_TENSORS 17
+
+/* Points w's tensors into base (when not NULL), each starting at a multiple
+ * of align floats; returns the floats the tensors span. */
+static size_t weights_layout(model_weights *w, const model_config *c, float *base, size_t align) {
+    model_weights scratch;
+    float **slot[MODEL_N_TENSORS];
+    size_t count[MODEL_N_TENSORS], at = 0;
+    int n = weights_list(w ? w : &scratch, c, slot, count);
+    for (int i = 0; i < n; i++) {
+        at = (at + align - 1) / align * align;
+        if (base) *slot[i] = base + at;
+        at += count[i];
+    }
+    return at;
+}
+
+size_t model_weights_point(model_weights *w, const model_config *c, float *flat) {
+    return weights_layout(w, c, flat, 1);
+}
+
+static size_t align_up(size_t n) { return (n + MODEL_ALIGN - 1) / MODEL_ALIGN * MODEL_ALIGN; }
+
+/* Reads n strings (u32 length, bytes, NUL) from the map at *pos. */
+static int read_ids(model *m, size_t *pos, int n, const char **ids, uint64_t *hashes) {
+    for (int i = 0; i < n; i++) {
+        uint32_t len;
+        if (buf_get_u32le(m->map, m->map_len, pos, &len) < 0 || len >= m->map_len - *pos ||
+            m->map[*pos + len] != '\0')
+            return -1;
+        const char *s = (const char *)m->map + *pos;
+        if (ids) ids[i] = s;
+        hashes[i] = util_hash_bytes(s, len);
+        *pos += (size_t)len + 1;
+    }
+    return 0;
+}
+
+/* The tables after the tensors, from pos (a multiple of 64): item ids,
+ * attribute ids, then at the next multiple of 64 the item -> attribute rows
+ * index, which ends the file. */
+static int tables_parse(model *m, size_t pos, char *errstr, size_t errlen) {
+    const model_config *c = &m->config;
+    uint64_t *attr_hash = NULL;
+    int dup;
+    m->item_ids = malloc((size_t)c->n_items * sizeof *m->item_ids);
+    m->item_hash = malloc((size_t)c->n_items * sizeof *m->item_hash);
+    attr_hash = malloc(((size_t)c->n_attrs + 1) * sizeof *attr_hash);
+    if (!m->item_ids || !m->item_hash || !attr_hash) {
+        util_err(errstr, errlen, "out of memory");
+        goto err;
+    }
+    if (read_ids(m, &pos, c->n_items, m->item_ids, m->item_hash) < 0 ||
+        read_ids(m, &pos, c->n_attrs, NULL, attr_hash) < 0) {
+        util_err(errstr, errlen, "malformed id table near byte %zu", pos);
+        goto err;
+    }
+    pos = align_up(pos);
+    size_t n_off = (size_t)c->n_items + 1;
+    if (pos > m->map_len || (m->map_len - pos) / 4 < n_off) {
+        util_err(errstr, errlen, "item attribute index runs past the end");
+        goto err;
+    }
+    m->attr_off = (const int32_t *)(m->map + pos);
+    m->attr_rows = m->attr_off + n_off;
+    size_t n_rows = (m->map_len - pos) / 4 - n_off;
+    if (m->attr_off[0] != 0 || (size_t)m->attr_off[c->n_items] != n_rows ||
+        pos + 4 * (n_off + n_rows) != m->map_len) {
+        util_err(errstr, errlen, "item attribute index does not span the rest of the file");
+        goto err;
+    }
+    for (int i = 0; i < c->n_items; i++)
+        if (m->attr_off[i + 1] < m->attr_off[i] || (size_t)m->attr_off[i + 1] > n_rows) {
+            util_err(errstr, errlen, "item attribute index is not ascending at item %d", i);
+            goto err;
+        }
+    for (size_t i = 0; i < n_rows; i++)
+        if (m->attr_rows[i] < 0 || m->attr_rows[i] >= c->n_attrs) {
+            util_err(errstr, errlen, "attribute row %d is out of range", m->attr_rows[i]);
+            goto err;
+        }
+    if ((dup = rowtab_init(&m->items, m->item_hash, c->n_items)) != 0) {
+        if (dup > 0) util_err(errstr, errlen, "item id \"%s\" twice", m->item_ids[dup - 1]);
+        else util_err(errstr, errlen, "out of memory");
+        goto err;
+    }
+    if ((dup = rowtab_init(&m->attrs, attr_hash, c->n_attrs)) != 0) {
+        util_err(errstr, errlen, dup > 0 ? "an attribute id twice" : "out of memory");
+        goto err;
+    }
+    free(attr_hash);
+    return 0;
+err:
+    free(attr_hash);
+    return -1;
+}
+
+static int rope_init(model *m) {
+    int W = m->config.window, half = m->config.dim / m->config.n_heads / 2;
+    m->rope_cos = malloc((size_t)W * half * sizeof(float));
+    m->rope_sin = malloc((size_t)W * half * sizeof(float));
+    if (!m->rope_cos || !m->rope_sin) return -1;
+    for (int p = 0; p < W; p++) {
+        for (int i = 0; i < half; i++) {
+            double angle = p * pow(MODEL_ROPE_THETA, -(double)i / half);
+            m->rope_cos[(size_t)p * half + i] = (float)cos(angle);
+            m->rope_sin[(size_t)p * half + i] = (float)sin(angle);
+        }
+    }
+    return 0;
+}
+
+model *model_open(const char *path, char *errstr, size_t errlen) {
+    model *m = calloc(1, sizeof *m);
+    int fd = -1;
+    if (!m) {
+        util_err(errstr, errlen, "out of memory");
+        return NULL;
+    }
+    char why[256];
+    struct stat st;
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &st) < 0) {
+        util_err(errstr, errlen, "cannot read model file %s: %s", path, strerror(errno));
+        goto err;
+    }
+    if (st.st_size < 8) {
+        util_err(errstr, errlen,
+                 "file %s is not a copystream model (bad magic): train one with "
+                 "`copystream train`",
+                 path);
+        goto err;
+    }
+    m->map_len = (size_t)st.st_size;
+    void *map = mmap(NULL, m->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+        util_err(errstr, errlen, "cannot map model file %s: %s", path, strerror(errno));
+        goto err;
+    }
+    m->map = map;
+    close(fd);
+    fd = -1;
+
+    if (memcmp(m->map, MODEL_MAGIC, 8) != 0) {
+        util_err(errstr, errlen,
+                 "file %s is not a copystream model (bad magic): train one with "
+                 "`copystream train`",
+                 path);
+        goto err;
+    }
+    if (m->map_len < MODEL_HEADER_BYTES) {
+        util_err(errstr, errlen,
+                 "file %s is truncated: %zu bytes, the header alone takes %d: copy it again",
+                 path, m->map_len, MODEL_HEADER_BYTES);
+        goto err;
+    }
+    size_t pos = 8;
+    uint32_t version, hdr[8];
+    buf_get_u32le(m->map, m->map_len, &pos, &version);
+    if (version != MODEL_FORMAT_VERSION) {
+        util_err(errstr, errlen,
+                 "file %s: model format version %u, this build reads %d: use a matching "
+                 "copystream",
+                 path, version, MODEL_FORMAT_VERSION);
+        goto err;
+    }
+    pos = MODEL_CHECKSUM_OFFSET;
+    uint64_t checksum, trained_s;
+    buf_get_u64le(m->map, m->map_len, &pos, &checksum);
+    for (int i = 0; i < 8; i++) buf_get_u32le(m->map, m->map_len, &pos, &hdr[i]);
+    buf_get_u64le(m->map, m->map_len, &pos, &trained_s);
+    model_config *c = &m->config;
+    *c = (model_config){(int)hdr[0], (int)hdr[1], (int)hdr[2], (int)hdr[3],
+                        (int)hdr[4], (int)hdr[5], (int)hdr[6], (int)hdr[7]};
+    if (config_check(c, why, sizeof why) < 0) {
+        util_err(errstr, errlen, "file %s: invalid config (%s): the file is corrupt, copy it again",
+                 path, why);
+        goto err;
+    }
+    size_t tensor_end = MODEL_HEADER_BYTES + 4 * weights_layout(NULL, c, NULL, MODEL_ALIGN / 4);
+    if (m->map_len < tensor_end) {
+        util_err(errstr, errlen,
+                 "file %s is truncated: %zu bytes, its tensors alone take %zu: copy it again",
+                 path, m->map_len, tensor_end);
+        goto err;
+    }
+    m->checksum = XXH3_64bits(m->map + MODEL_CHECKSUMMED_FROM,
+                              m->map_len - MODEL_CHECKSUMMED_FROM);
+    if (m->checksum != checksum) {
+        util_err(errstr, errlen,
+                 "file %s: checksum mismatch: the file is corrupt or truncated, copy it again",
+                 path);
+        goto err;
+    }
+    weights_layout(&m->weights, c, (float *)(m->map + MODEL_HEADER_BYTES), MODEL_ALIGN / 4);
+    if (tables_parse(m, align_up(tensor_end), why, sizeof why) < 0) {
+        util_err(errstr, errlen, "file %s: %s: the writer is broken, train the model again", path,
+                 why);
+        goto err;
+    }
+    if (rope_init(m) < 0) {
+        util_err(errstr, errlen, "out of memory");
+        goto err;
+    }
+    int n = snprintf(m->version, sizeof m->version, "%016llx", (unsigned long long)checksum);
+    time_t t = (time_t)trained_s;
+    struct tm tm;
+    if (trained_s && gmtime_r(&t, &tm))
+        strftime(m->version + n, sizeof m->version - n, "-%Y%m%dT%H%M%SZ", &tm);
+    if (!model_threads_chosen) openblas_set_num_threads(1);
+    return m;
+err:
+    if (fd >= 0) close(fd);
+    model_close(m);
+    return NULL;
+}
+
+void model_close(model *m) {
+    if (!m) return;
+    if (m->map) munmap((void *)m->map, m->map_len);
+    free(m->item_ids);
+    free(m->item_hash);
+    rowtab_free(&m->items);
+    rowtab_free(&m->attrs);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m);
+}
+
+/* ---------------------------------------------------------------------------
+ * writing */
+
+/* A file being written, and the checksum of what follows the checksum field. */
+typedef struct {
+    FILE *f;
+    size_t at;
+    XXH3_state_t *hash;
+} model_out;
+
+static int out_write(model_out *o, const void *p, size_t n) {
+    if (n == 0) return 0;
+    if (fwrite(p, 1, n, o->f) != n) return -1;
+    if (o->at + n > MODEL_CHECKSUMMED_FROM) {
+        size_t skip = o->at < MODEL_CHECKSUMMED_FROM ? MODEL_CHECKSUMMED_FROM - o->at : 0;
+        XXH3_64bits_update(o->hash, (const char *)p + skip, n - skip);
+    }
+    o->at += n;
+    return 0;
+}
+
+static int out_pad(model_out *o) {
+    static const char zeros[MODEL_ALIGN];
+    return out_write(o, zeros, align_up(o->at) - o->at);
+}
+
+static int out_ids(model_out *o, const char *const *ids, int n) {
+    for (int i = 0; i < n; i++) {
+        uint8_t len[4];
+        size_t l = strlen(ids[i]);
+        for (int b = 0; b < 4; b++) len[b] = (uint8_t)(l >> (8 * b));
+        if (out_write(o, len, 4) < 0 || out_write(o, ids[i], l + 1) < 0) return -1;
+    }
+    return 0;
+}
+
+static int tables_check(const model_config *c, const model_tables *t, char *errstr,
+                        size_t errlen) {
+    if (t->item_attr_off[0] != 0)
+        return util_err(errstr, errlen, "item attribute offsets must start at 0");
+    for (int i = 0; i < c->n_items; i++) {
+        if (!t->item_ids[i]) return util_err(errstr, errlen, "item %d has no id", i);
+        if (t->item_attr_off[i + 1] < t->item_attr_off[i])
+            return util_err(errstr, errlen, "item attribute offsets descend at item %d", i);
+    }
+    if (t->item_attr_off[c->n_items] > INT32_MAX)
+        return util_err(errstr, errlen, "too many item attributes");
+    for (uint32_t i = 0; i < t->item_attr_off[c->n_items]; i++)
+        if (t->item_attr_rows[i] >= (uint32_t)c->n_attrs)
+            return util_err(errstr, errlen, "attribute row %u is out of range", t->item_attr_rows[i]);
+    for (int i = 0; i < c->n_attrs; i++)
+        if (!t->attr_ids[i]) return util_err(errstr, errlen, "attribute %d has no id", i);
+    return 0;
+}
+
+/* Fails when two ids of a table are the same, as model_open() would. */
+static int ids_distinct(const char *const *ids, int n, const char *what, char *errstr,
+                        size_t errlen) {
+    uint64_t *h = malloc(((size_t)n + 1) * sizeof *h);
+    rowtab t = {0};
+    if (!h) return util_err(errstr, errlen, "out of memory");
+    for (int i = 0; i < n; i++) h[i] = util_hash(ids[i]);
+    int dup = rowtab_init(&t, h, n);
+    rowtab_free(&t);
+    free(h);
+    if (dup > 0) return util_err(errstr, errlen, "%s id \"%s\" twice", what, ids[dup - 1]);
+    return dup < 0 ? util_err(errstr, errlen, "out of memory") : 0;
+}
+
+int model_write(const char *path, const model_config *c, const float *weights,
+                const model_tables *t, char *errstr, size_t errlen) {
+    char why[256];
+    if (config_check(c, why, sizeof why) < 0)
+        return util_err(errstr, errlen, "invalid model config: %s", why);
+    if (tables_check(c, t, errstr, errlen) < 0 ||
+        ids_distinct(t->item_ids, c->n_items, "item", errstr, errlen) < 0 ||
+        ids_distinct(t->attr_ids, c->n_attrs, "attribute", errstr, errlen) < 0)
+        return -1;
+
+    buf tmp = BUF_INIT, hdr = BUF_INIT;
+    model_out o = {0};
+    int rc = -1;
+    if (buf_printf(&tmp, "%s.tmp", path) < 0 || !(o.hash = XXH3_createState())) {
+        util_err(errstr, errlen, "out of memory");
+        goto err;
+    }
+    XXH3_64bits_reset(o.hash);
+    if (!(o.f = fopen(tmp.p, "wb"))) {
+        util_err(errstr, errlen, "cannot write %s: %s", tmp.p, strerror(errno));
+        goto err;
+    }
+    const uint32_t cfg[8] = {c->dim,    c->n_layers, c->n_heads, c->window,
+                             c->hidden, c->n_items,  c->n_attrs, c->n_types};
+    if (buf_reserve(&hdr, MODEL_HEADER_BYTES) < 0) {
+        util_err(errstr, errlen, "out of memory");
+        goto err;
+    }
+    buf_append(&hdr, MODEL_MAGIC, 8);
+    buf_put_u32le(&hdr, MODEL_FORMAT_VERSION);
+    buf_put_u32le(&hdr, 0);                  /* reserved */
+    buf_put_u64le(&hdr, 0);                  /* checksum, filled in last */
+    for (int i = 0; i < 8; i++) buf_put_u32le(&hdr, cfg[i]);
+    buf_put_u64le(&hdr, t->trained_s);
+    if (out_write(&o, hdr.p, hdr.len) < 0) goto io;
+
+    model_weights w;
+    float **slot[MODEL_N_TENSORS];
+    size_t count[MODEL_N_TENSORS];
+    int n = weights_list(&w, c, slot, count);
+    const float *src = weights;
+    for (int i = 0; i < n; i++) {
+        if (out_pad(&o) < 0 || out_write(&o, src, count[i] * sizeof *src) < 0) goto io;
+        src += count[i];
+    }
+    if (out_pad(&o) < 0 || out_ids(&o, t->item_ids, c->n_items) < 0 ||
+        out_ids(&o, t->attr_ids, c->n_attrs) < 0 || out_pad(&o) < 0 ||
+        out_write(&o, t->item_attr_off, ((size_t)c->n_items + 1) * 4) < 0 ||
+        out_write(&o, t->item_attr_rows, (size_t)t->item_attr_off[c->n_items] * 4) < 0)
+        goto io;
+    uint8_t sum[8];
+    uint64_t h = XXH3_64bits_digest(o.hash);
+    for (int b = 0; b < 8; b++) sum[b] = (uint8_t)(h >> (8 * b));
+    if (fseek(o.f, MODEL_CHECKSUM_OFFSET, SEEK_SET) < 0 || fwrite(sum, 1, 8, o.f) != 8 ||
+        fflush(o.f) != 0 || fsync(fileno(o.f)) < 0)
+        goto io;
+    int closed = fclose(o.f);
+    o.f = NULL;
+    if (closed != 0 || rename(tmp.p, path) < 0) goto io;
+    rc = 0;
+    goto err;
+io:
+    util_err(errstr, errlen, "cannot write %s: %s", tmp.p, strerror(errno));
+err:
+    if (o.f) fclose(o.f);
+    if (rc < 0 && tmp.p) unlink(tmp.p);
+    XXH3_freeState(o.hash);
+    buf_free(&tmp);
+    buf_free(&hdr);
+    return rc;
+}
+
+/* splitmix64: a fixed, portable sequence from a seed. */
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [-a, a), from 24 random bits: exact in float everywhere. */
+static float rng_uniform(uint64_t *s, float a) {
+    return a * ((float)(rng_next(s) >> 40) * (2.0f / 16777216.0f) - 1.0f);
+}
+
+void model_fill_random(const model_config *c, uint64_t seed, float *weights) {
+    model_weights w;
+    size_t total = model_weights_point(&w, c, weights);
+    uint64_t s = seed;
+    for (size_t i = 0; i < total; i++) weights[i] = rng_uniform(&s, 0.1f); /* biases */
+    size_t d = c->dim, L = c->n_layers, hid = c->hidden;
+    struct { float *p; size_t n; float a; } f[] = {
+        {w.item_emb, c->n_items * d, 1.0f},
+        {w.attr_emb, c->n_attrs * d, 1.0f},
+        {w.type_emb, c->n_types * d, 1.0f},
+        {w.wqkv, L * d * 3 * d, 1.0f / sqrtf((float)d)},
+        {w.wo, L * d * d, 1.0f / sqrtf((float)d)},
+        {w.w1, L * d * hid, 1.0f / sqrtf((float)d)},
+        {w.w2, L * hid * d, 1.0f / sqrtf((float)hid)},
+    };
+    for (size_t t = 0; t < UTIL_ARRAY_LEN(f); t++)
+        for (size_t i = 0; i < f[t].n; i++) f[t].p[i] = rng_uniform(&s, f[t].a);
+    float *gains[] = {w.ln1_w, w.ln2_w, w.lnf_w};
+    size_t gain_n[] = {L * d, L * d, d};
+    for (int g = 0; g < 3; g++)
+        for (size_t i = 0; i < gain_n[g]; i++) gains[g][i] = 1.0f + rng_uniform(&s, 0.1f);
+}
+
+int model_write_random(const char *path, const model_config *c, uint64_t seed, char *errstr,
+                       size_t errlen) {
+    char why[256];
+    if (config_check(c, why, sizeof why) < 0)
+        return util_err(errstr, errlen, "invalid model config: %s", why);
+    int rc = -1;
+    size_t n_items = c->n_items, n_attrs = c->n_attrs;
+    float *weights = malloc(model_weights_point(NULL, c, NULL) * sizeof *weights);
+    char **item_ids = calloc(n_items, sizeof *item_ids);
+    char **attr_ids = calloc(n_attrs + 1, sizeof *attr_ids);
+    uint32_t *off = malloc((n_items + 1) * sizeof *off);
+    uint32_t *rows = malloc((3 * n_items + 1) * sizeof *rows);
+    if (!weights || !item_ids || !attr_ids || !off || !rows) goto oom;
+    model_fill_random(c, seed, weights);
+    uint64_t s = seed ^ 0x5eedULL;
+    off[0] = 0;
+    for (size_t i = 0; i < n_items; i++) {
+        if (asprintf(&item_ids[i], "item%zu", i) < 0) {
+            item_ids[i] = NULL;
+            goto oom;
+        }
+        uint32_t k = n_attrs ? (uint32_t)(rng_next(&s) % 4) : 0, first = 0;
+        if (k > n_attrs) k = (uint32_t)n_attrs;
+        if (n_attrs) first = (uint32_t)(rng_next(&s) % n_attrs);
+        for (uint32_t j = 0; j < k; j++) rows[off[i] + j] = (first + j) % (uint32_t)n_attrs;
+        off[i + 1] = off[i] + k;
+    }
+    for (size_t j = 0; j < n_attrs; j++)
+        if (asprintf(&attr_ids[j], "attr%zu", j) < 0) {
+            attr_ids[j] = NULL;
+            goto oom;
+        }
+    model_tables t = {(const char *const *)item_ids, (const char *const *)attr_ids, off, rows, 0};
+    rc = model_write(path, c, weights, &t, errstr, errlen);
+    goto done;
+oom:
+    util_err(errstr, errlen, "out of memory");
+done:
+    for (size_t i = 0; item_ids && i < n_items; i++) free(item_ids[i]);
+    for (size_t j = 0; attr_ids && j < n_attrs; j++) free(attr_ids[j]);
+    free(item_ids);
+    free(attr_ids);
+    free(off);
+    free(rows);
+    free(weights);
+    return rc;
+}
