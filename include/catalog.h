@@ -51,6 +51,14 @@ const catalog_entry *catalog_get(const catalog *c, uint64_t item_hash);
 
 size_t catalog_count(const catalog *c);
 
+/* A number that changes whenever the catalog does (upsert or remove), so
+ * that what is derived from it can tell when to recompute. */
+uint64_t catalog_generation(const catalog *c);
+
+/* Calls fn for every item, in no particular order. The catalog must not
+ * change during the call. */
+void catalog_each(const catalog *c, void (*fn)(const catalog_entry *e, void *ud), void *ud);
+
 /* Candidate lists. Each writes the first min(total, max) entries of the list
  * to out[], in ascending item_hash order, and returns the list's total
  * length (so max = 0 counts). The entries belong to the catalog. */

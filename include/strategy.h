@@ -79,4 +79,11 @@ typedef struct {
 int strategy_affinity(const catalog *c, const user_state *u, const strategy_params *p,
                       strategy_result *out);
 
+/* For picks chosen elsewhere (the learned strategy): fills out->picks' titles
+ * in p->locale and out->reasons for the top pick, exactly as
+ * strategy_affinity() would for the same picks. Uses u's category and
+ * attribute affinities only; p->k and p->exclude_item are ignored. Returns 0,
+ * or -1 when p is out of bounds. */
+int strategy_explain(const user_state *u, const strategy_params *p, strategy_result *out);
+
 #endif

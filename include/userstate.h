@@ -118,6 +118,11 @@ void userstate_init(user_state *s);
 void userstate_clear(user_state *s);
 /* Deep copy; returns 0 or -1 (dst is then cleared). */
 int userstate_copy(user_state *dst, const user_state *src);
+/* Copies what the strategies read of a user -- category and attribute
+ * affinities, bought items, locale -- into dst, reusing dst's arrays; the
+ * rest of dst is left as it was. Returns 0 or -1 (memory). */
+int userstate_copy_prefs(user_state *dst, const user_state *src);
+
 /* Approximate heap bytes held, for cache budgets. */
 size_t userstate_bytes(const user_state *s);
 

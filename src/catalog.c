@@ -48,6 +48,7 @@ typedef struct {
 } plist;
 
 struct catalog {
+    uint64_t generation;      /* bumped by every change */
     table items;              /* item_hash -> catalog_entry */
     table by_category;        /* category_hash -> plist */
     table by_attr;            /* attribute hash -> plist */
@@ -315,6 +316,7 @@ int catalog_upsert(catalog *c, catalog_item *item) {
         goto err; /* e->item is still the caller's: not cleared below */
     }
     memset(item, 0, sizeof *item);
+    c->generation++;
     return 0;
 
 err:
@@ -331,7 +333,15 @@ int catalog_remove(catalog *c, const char *item_id) {
     entry_unindex(c, e);
     table_delete(&c->items, s);
     entry_free(e);
+    c->generation++;
     return 1;
+}
+
+uint64_t catalog_generation(const catalog *c) { return c->generation; }
+
+void catalog_each(const catalog *c, void (*fn)(const catalog_entry *e, void *ud), void *ud) {
+    for (size_t i = 0; i < c->items.cap; i++)
+        if (c->items.s[i].val) fn(c->items.s[i].val, ud);
 }
 
 const catalog_entry *catalog_get(const catalog *c, uint64_t item_hash) {

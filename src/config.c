@@ -131,6 +131,17 @@ static const cfg_decl cfg_decls[] = {
     {"copy.templates", CFG_STRING, "config/templates.conf", 0, 0, NULL, CFG_NONEMPTY,
      "the template catalog file"},
 
+    {"model.path", CFG_STRING, "", 0, 0, NULL, 0,
+     "the learned model file; empty: every copy uses the affinity strategy"},
+    {"model.min_events", CFG_INT, "3", 1, 1000000, NULL, 0,
+     "events a user needs before the model chooses; fewer: the affinity strategy"},
+    {"model.kv_cache_mb", CFG_INT, "512", 0, 1048576, NULL, 0,
+     "in-process cache of owned users' model states; 0 rebuilds a state at every event"},
+    {"model.max_batch", CFG_INT, "64", 1, 4096, NULL, 0,
+     "users advanced and scored together in one model step"},
+    {"model.reload_check_s", CFG_INT, "10", 0, 86400, NULL, 0,
+     "how often to look for a changed model file; 0: only on SIGHUP"},
+
     {"http.bind", CFG_STRING, "127.0.0.1", 0, 0, NULL, CFG_NONEMPTY,
      "address of the metrics and health server"},
     {"http.port", CFG_INT, "9464", 0, 65535, NULL, 0, "port of that server; 0 disables it"},

@@ -38,8 +38,10 @@
 #define _GNU_SOURCE
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +57,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
+#include "recommend.h"
 #include "store.h"
 #include "strategy.h"
 #include "template.h"
@@ -62,7 +65,15 @@
 #include "util.h"
 
 #define SVC_INTENT "recommendation"
-#define SVC_STRATEGY "affinity"
+
+/* The strategies, as copies and metrics name them. */
+enum { SVC_AFFINITY = 0, SVC_TRANSFORMER, SVC__STRATEGIES };
+static const char *const svc_strategy_names[SVC__STRATEGIES] = {"affinity", "transformer"};
+
+/* Copies published, by how they were made: one of the strategies, or an
+ * outbox copy published again for a redelivered event. */
+enum { SVC_REPUBLISHED = SVC__STRATEGIES, SVC__KINDS };
+static const char *const svc_kind_names[SVC__KINDS] = {"affinity", "transformer", "republished"};
 
 enum { SVC_CLICK = 1, SVC_REACTION, SVC_DEAD };
 
@@ -80,7 +91,18 @@ typedef struct svc_item {
     int publish;              /* its outbox copy is published after the write */
     int suppressed;           /* MET_SUPPRESSED_* + 1, or 0 */
     codec_status dead;        /* why it was dead-lettered (kind == SVC_DEAD) */
+    uint64_t seq_pos;         /* the user's seq_total once this event was appended; 0: not */
+    long snap;                /* its copy is due: index into svc.snaps; -1: none due */
+    int strategy;             /* SVC_AFFINITY or SVC_TRANSFORMER, of the copy made */
 } svc_item;
+
+/* What a due copy needs from its user as of its event, for it is made only
+ * after every event of the batch is applied (so that the model can advance
+ * every user together). */
+typedef struct {
+    user_state prefs;         /* affinities, bought items, locale; arrays reused */
+    strategy_result res;
+} svc_snap;
 
 struct svc_user {
     const char *user_id;      /* borrowed from its first item's record */
@@ -89,6 +111,8 @@ struct svc_user {
     int32_t part[2];          /* last partition seen per US_TOPIC_* */
     svc_item *first, *last;
     int applied;              /* its items are applied to st */
+    uint64_t seq_before;      /* st.seq_total before this batch */
+    float *h;                 /* (events appended, model dim): model states, or NULL */
 };
 
 /* An outbox copy in Redis that this instance will delete once the offsets
@@ -141,7 +165,7 @@ typedef struct {
     uint64_t events[EV__COUNT], reactions[RX__COUNT], dead[CODEC__COUNT];
     uint64_t skipped_dup, skipped_redelivered;
     uint64_t suppressed[3];   /* by MET_SUPPRESSED_* - MET_SUPPRESSED_MIN_INTERVAL */
-    uint64_t *copies;         /* [n_locales] copies published, by locale */
+    uint64_t *copies;         /* [n_locales][SVC__KINDS] copies published, by locale and kind */
 } svc_flight;
 
 typedef struct svc {
@@ -181,6 +205,19 @@ typedef struct svc {
     uint64_t batches;         /* batches staged so far; flight[batches % 3] is next */
     rd_kafka_topic_t *rkt_react; /* the reactions topic's handle, to tell messages apart */
     buf scratch, text;
+    svc_snap *snaps;          /* [n_snaps] (capacity batch_max): due copies' snapshots */
+    size_t n_snaps;
+    /* the learned strategy, when model.path is set */
+    recommender *rec;
+    const char *model_path;
+    uint64_t model_min_events;
+    int64_t reload_check_us, last_reload_check_us;
+    struct timespec model_mtime;
+    off_t model_size;
+    float *h_arena;           /* model states of the batch's appended events */
+    size_t h_cap;
+    recommend_work *work;     /* [batch_max] */
+    recommend_query *queries; /* [batch_max] */
     /* outbox copies awaiting a covering commit, and purges to send */
     svc_outbox_ref *refs;
     size_t n_refs, cap_refs;
@@ -204,10 +241,13 @@ typedef struct svc {
 } svc;
 
 static volatile sig_atomic_t svc_stop_requested;
+static volatile sig_atomic_t svc_reload_requested;
 
 static void svc_on_signal(int sig) {
-    (void)sig;
-    svc_stop_requested = 1;
+    if (sig == SIGHUP)
+        svc_reload_requested = 1;
+    else
+        svc_stop_requested = 1;
 }
 
 /* ---- settings ------------------------------------------------------------- */
@@ -279,6 +319,9 @@ static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
     s->t_copy = config_str(c, "topic.copy");
     s->t_dlq = config_str(c, "topic.dead_letter");
     s->t_catalog = config_str(c, "topic.catalog");
+    s->model_path = config_str(c, "model.path");
+    s->model_min_events = (uint64_t)config_int(c, "model.min_events");
+    s->reload_check_us = config_int(c, "model.reload_check_s") * 1000000;
     if (strcmp(config_str(c, "processing.guarantee"), "at_least_once") != 0)
         return util_err(errstr, errlen,
                         "processing.guarantee: %s is not available in this release; "
@@ -506,52 +549,56 @@ static const char *svc_locale(const svc *s, const char *user_locale) {
     return s->default_locale;
 }
 
-/* Builds the copy caused by click item it and puts it in the user's outbox.
- * Returns 1 when a copy was made, 0 when none should be (it->suppressed
- * says why), -1 when memory runs out. */
-static int svc_make_copy(svc *s, svc_user *u, svc_item *it) {
+static strategy_params svc_params(const svc *s, const svc_item *it, const svc_snap *sn) {
     const click_event *e = &it->click;
-    const char *locale = svc_locale(s, u->st.locale);
-    strategy_params sp = {
+    return (strategy_params){
         .k = s->copy_items,
         .max_reasons = s->max_reasons,
         .at_s = (uint32_t)(e->ts_ms / 1000),
         .half_life_s = s->up.half_life_s,
-        .locale = locale,
+        .locale = svc_locale(s, sn->prefs.locale),
         .exclude_item = e->item_id && e->item_id[0] ? util_hash(e->item_id) : 0,
     };
-    strategy_result r;
-    int n = strategy_affinity(s->catalog, &u->st, &sp, &r);
-    if (n < 0) return -1;
-    if (n == 0) {
+}
+
+/* Renders and encodes the copy of item it from the picks in its snapshot,
+ * and puts it in the user's outbox. Returns 1 when a copy was made, 0 when
+ * none could be (it->suppressed says why), -1 when memory runs out. */
+static int svc_build_copy(svc *s, svc_item *it) {
+    svc_user *u = it->user;
+    const click_event *e = &it->click;
+    const svc_snap *sn = &s->snaps[it->snap];
+    const strategy_result *r = &sn->res;
+    const char *locale = svc_locale(s, sn->prefs.locale);
+    if (r->n_picks == 0) {
         it->suppressed = MET_SUPPRESSED_NO_CANDIDATES + 1;
         return 0;
     }
     promoted_item items[STRATEGY_MAX_PICKS];
     copy_reason reasons[STRATEGY_MAX_REASONS], shown[STRATEGY_MAX_REASONS];
     size_t n_shown = 0;
-    for (size_t i = 0; i < r.n_picks; i++) {
-        const catalog_item *ci = &r.picks[i].entry->item;
+    for (size_t i = 0; i < r->n_picks; i++) {
+        const catalog_item *ci = &r->picks[i].entry->item;
         items[i] = (promoted_item){
             .item_id = ci->item_id,
-            .title = (char *)r.picks[i].title,
-            .score = r.picks[i].score,
+            .title = (char *)r->picks[i].title,
+            .score = r->picks[i].score,
             .has_price = ci->has_price,
             .price_micros = ci->price_micros,
             .currency = ci->currency,
         };
     }
-    for (size_t i = 0; i < r.n_reasons; i++) {
+    for (size_t i = 0; i < r->n_reasons; i++) {
         reasons[i] = (copy_reason){
-            .code = (char *)r.reasons[i].code,
-            .attribute_id = (char *)r.reasons[i].attribute_id,
-            .text = (char *)r.reasons[i].text,
-            .score = r.reasons[i].score,
+            .code = (char *)r->reasons[i].code,
+            .attribute_id = (char *)r->reasons[i].attribute_id,
+            .text = (char *)r->reasons[i].text,
+            .score = r->reasons[i].score,
         };
         /* A category reason has no phrase: the template's fallback speaks for it. */
-        if (r.reasons[i].text && r.reasons[i].text[0]) shown[n_shown++] = reasons[i];
+        if (r->reasons[i].text && r->reasons[i].text[0]) shown[n_shown++] = reasons[i];
     }
-    template_input in = {items, r.n_picks, shown, n_shown};
+    template_input in = {items, r->n_picks, shown, n_shown};
     const char *template_id = NULL, *variant_id = NULL;
     char why[256];
     buf_reset(&s->text);
@@ -575,14 +622,14 @@ static int svc_make_copy(svc *s, svc_user *u, svc_item *it) {
         .locale = (char *)locale,
         .text = s->text.p,
         .items = items,
-        .n_items = r.n_picks,
+        .n_items = r->n_picks,
         .reasons = reasons,
-        .n_reasons = r.n_reasons,
+        .n_reasons = r->n_reasons,
         .intent = SVC_INTENT,
         .template_id = (char *)template_id,
         .variant_id = (char *)variant_id,
-        .strategy = SVC_STRATEGY,
-        .model_version = NULL,
+        .strategy = (char *)svc_strategy_names[it->strategy],
+        .model_version = it->strategy == SVC_TRANSFORMER ? (char *)recommend_version(s->rec) : NULL,
         .created_ms = util_now_ms(),
     };
     buf_reset(&s->scratch);
@@ -593,17 +640,21 @@ static int svc_make_copy(svc *s, svc_user *u, svc_item *it) {
     }
     if (userstate_outbox_add(&u->st, m->partition, m->offset, s->scratch.p, s->scratch.len) < 0)
         return -1;
-    u->st.last_copy_ms = e->ts_ms;
-    u->st.dirty |= US_DIRTY_META;
     return 1;
 }
 
-/* Applies the user's items, in order, to u->st. Returns 0 or -1 (memory). */
+/* Applies the user's items, in order, to u->st. A copy that is due is only
+ * decided here (and the user's last copy time moved), with a snapshot of what
+ * the strategies need as of its event; svc_make_copies() makes it once every
+ * user of the batch is applied. Returns 0 or -1 (memory). */
 static int svc_apply_user(svc *s, svc_user *u) {
+    u->seq_before = u->st.seq_total;
     for (svc_item *it = u->first; it; it = it->next) {
         const rd_kafka_message_t *m = it->msg;
         it->publish = 0;
         it->suppressed = 0;
+        it->snap = -1;
+        it->seq_pos = 0;
         if (it->kind == SVC_REACTION) {
             int r = userstate_apply_reaction(&u->st, &s->up, &it->rx, m->partition, m->offset);
             if (r < 0) return -1;
@@ -613,10 +664,12 @@ static int svc_apply_user(svc *s, svc_user *u) {
         const click_event *e = &it->click;
         const catalog_entry *ce =
             e->item_id && e->item_id[0] ? catalog_get(s->catalog, util_hash(e->item_id)) : NULL;
+        uint64_t before = u->st.seq_total;
         int r = userstate_apply_click(&u->st, &s->up, e, ce ? ce->attr_hashes : NULL,
                                       ce ? ce->item.n_attrs : 0, m->partition, m->offset);
         if (r < 0) return -1;
         it->outcome = r;
+        if (u->st.seq_total != before) it->seq_pos = u->st.seq_total;
         if (r == US_ALREADY_APPLIED) {
             /* Applied before a crash or a failed batch: if it caused a copy,
              * that copy is still in the outbox and goes out again, as is. */
@@ -628,7 +681,94 @@ static int svc_apply_user(svc *s, svc_user *u) {
             it->suppressed = MET_SUPPRESSED_MIN_INTERVAL + 1;
             continue;
         }
-        int made = svc_make_copy(s, u, it);
+        svc_snap *sn = &s->snaps[s->n_snaps];
+        if (userstate_copy_prefs(&sn->prefs, &u->st) < 0) return -1;
+        it->snap = (long)s->n_snaps++;
+        u->st.last_copy_ms = e->ts_ms;
+        u->st.dirty |= US_DIRTY_META;
+    }
+    return 0;
+}
+
+/* Advances the model state of every user that the batch appended events
+ * to, leaving u->h with the state after each. Returns 0 or -1. */
+static int svc_advance(svc *s) {
+    size_t dim = (size_t)recommend_dim(s->rec), need = 0, nw = 0;
+    for (size_t i = 0; i < s->n_users; i++)
+        need += (s->users[i].st.seq_total - s->users[i].seq_before) * dim;
+    if (need > s->h_cap) {
+        float *h = realloc(s->h_arena, need * sizeof *h);
+        if (!h) return -1;
+        s->h_arena = h;
+        s->h_cap = need;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < s->n_users; i++) {
+        svc_user *u = &s->users[i];
+        uint64_t k = u->st.seq_total - u->seq_before;
+        u->h = k ? s->h_arena + off : NULL;
+        off += k * dim;
+        if (k)
+            s->work[nw++] = (recommend_work){u->user_id, u->part[US_TOPIC_CLICKSTREAM], &u->st,
+                                              u->seq_before, u->h};
+    }
+    char err[512];
+    if (recommend_advance(s->rec, s->catalog, s->work, nw, err, sizeof err) < 0) {
+        log_error("service", "advancing model states: %s (affinity strategy for this batch)",
+                  err);
+        return -1;
+    }
+    return 0;
+}
+
+/* The model's user state after item it's event, when the model may choose
+ * for it, else NULL. */
+static const float *svc_model_state(const svc *s, const svc_item *it) {
+    const svc_user *u = it->user;
+    if (!u->h || !it->seq_pos || it->seq_pos < s->model_min_events) return NULL;
+    const float *h = u->h + (it->seq_pos - u->seq_before - 1) * (uint64_t)recommend_dim(s->rec);
+    return isnan(h[0]) ? NULL : h;
+}
+
+/* Makes the batch's due copies: advances the model states, asks the model
+ * for the copies of users with enough history (in one batched scoring) and
+ * the affinity strategy for the others, then renders each copy into its
+ * user's outbox. A model failure falls back to the affinity strategy. */
+static int svc_make_copies(svc *s) {
+    int model_ok = 0;
+    if (s->rec) {
+        model_ok = svc_advance(s) == 0;
+        if (!model_ok) recommend_clear(s->rec);
+    }
+    size_t nq = 0;
+    for (size_t i = 0; i < s->n_items; i++) {
+        svc_item *it = &s->items[i];
+        if (it->snap < 0) continue;
+        svc_snap *sn = &s->snaps[it->snap];
+        strategy_params sp = svc_params(s, it, sn);
+        const float *h = model_ok ? svc_model_state(s, it) : NULL;
+        it->strategy = h ? SVC_TRANSFORMER : SVC_AFFINITY;
+        if (h)
+            s->queries[nq++] = (recommend_query){h, &sn->prefs, sp, &sn->res};
+        else if (strategy_affinity(s->catalog, &sn->prefs, &sp, &sn->res) < 0)
+            return -1;
+    }
+    char err[512];
+    if (nq && recommend_pick(s->rec, s->catalog, s->queries, nq, err, sizeof err) < 0) {
+        log_error("service", "scoring with the model: %s (affinity strategy instead)", err);
+        for (size_t i = 0; i < s->n_items; i++) {
+            svc_item *it = &s->items[i];
+            if (it->snap < 0 || it->strategy != SVC_TRANSFORMER) continue;
+            svc_snap *sn = &s->snaps[it->snap];
+            strategy_params sp = svc_params(s, it, sn);
+            it->strategy = SVC_AFFINITY;
+            if (strategy_affinity(s->catalog, &sn->prefs, &sp, &sn->res) < 0) return -1;
+        }
+    }
+    for (size_t i = 0; i < s->n_items; i++) {
+        svc_item *it = &s->items[i];
+        if (it->snap < 0) continue;
+        int made = svc_build_copy(s, it);
         if (made < 0) return -1;
         it->publish = made;
     }
@@ -649,7 +789,7 @@ static void svc_flight_reset(svc_flight *f, size_t n_locales) {
     memset(f->dead, 0, sizeof f->dead);
     f->skipped_dup = f->skipped_redelivered = 0;
     memset(f->suppressed, 0, sizeof f->suppressed);
-    memset(f->copies, 0, n_locales * sizeof *f->copies);
+    memset(f->copies, 0, n_locales * SVC__KINDS * sizeof *f->copies);
 }
 
 static svc_span *svc_span_for(svc *s, svc_flight *f, const rd_kafka_message_t *m) {
@@ -837,8 +977,9 @@ static void svc_flight_tally(svc *s, svc_flight *f) {
         if (it->suppressed) f->suppressed[it->suppressed - 1 - MET_SUPPRESSED_MIN_INTERVAL]++;
         if (it->publish && it->kind == SVC_CLICK) {
             const char *loc = svc_locale(s, it->user->st.locale);
+            int kind = it->outcome == US_ALREADY_APPLIED ? SVC_REPUBLISHED : it->strategy;
             for (size_t k = 0; k < s->n_locales; k++)
-                if (s->locales[k] == loc) f->copies[k]++;
+                if (s->locales[k] == loc) f->copies[k * SVC__KINDS + (size_t)kind]++;
         }
     }
 }
@@ -864,10 +1005,13 @@ static void svc_flight_report(svc *s, const svc_flight *f, int64_t now_us) {
     metrics_inc(MET_SKIPPED_REDELIVERED, f->skipped_redelivered);
     for (int k = 0; k < 3; k++)
         metrics_inc((metric_id)(MET_SUPPRESSED_MIN_INTERVAL + k), f->suppressed[k]);
-    for (size_t k = 0; k < s->n_locales; k++) {
-        metrics_inc_copies(s->locales[k], SVC_STRATEGY, f->copies[k]);
-        s->total_copies += f->copies[k];
-    }
+    for (size_t k = 0; k < s->n_locales; k++)
+        for (int kind = 0; kind < SVC__KINDS; kind++) {
+            uint64_t n = f->copies[k * SVC__KINDS + (size_t)kind];
+            if (!n) continue; /* no empty series for kinds never seen */
+            metrics_inc_copies(s->locales[k], svc_kind_names[kind], n);
+            s->total_copies += n;
+        }
     metrics_observe_batch((double)(now_us - f->t0) / 1e6);
     metrics_inc(MET_BATCHES, 1);
 }
@@ -1031,6 +1175,7 @@ static void svc_recover(svc *s) {
     svc_end_batch(s, 0);
     for (int k = 0; k < 3; k++) svc_flight_reset(&s->flight[k], s->n_locales);
     cache_clear(s->cache);
+    if (s->rec) recommend_clear(s->rec);
     s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 100;
     if (s->backoff_ms > 5000) s->backoff_ms = 5000;
 }
@@ -1050,6 +1195,7 @@ static svc_flight *svc_oldest(svc *s, int phase) {
  *   apply its cached users   (states built on the previous batch's, optimistic)
  *   confirm the previous batch's writes, produce its copies
  *   load and apply the users not cached
+ *   advance the model states, make the copies that are due
  *   complete the batch before (its acks arrived meanwhile), commit it
  *   send this batch's writes
  *
@@ -1061,6 +1207,7 @@ static int svc_process_batch(svc *s) {
     svc_flight_reset(f, s->n_locales);
     f->seq = s->batches;
     size_t n = s->n_items;
+    s->n_snaps = 0;
     svc_flight *w = svc_oldest(s, FLIGHT_WRITING), *a = svc_oldest(s, FLIGHT_ACKING);
     if (svc_decode_batch(s, f, err, sizeof err) < 0) goto fail;
     for (size_t i = 0; i < s->n_users; i++) {
@@ -1077,6 +1224,7 @@ static int svc_process_batch(svc *s) {
         goto fail;
     }
     if (svc_apply_ready(s) < 0) goto oom;
+    if (svc_make_copies(s) < 0) goto oom;
     if (a && svc_complete(s, a) < 0) goto fail_quiet;
     if (svc_send(s, f, err, sizeof err) < 0) goto fail;
     svc_end_batch(s, 1);
@@ -1185,6 +1333,7 @@ static void svc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             const char *topic = parts->elems[i].topic;
             int32_t p = parts->elems[i].partition;
             cache_drop_partition(s->cache, svc_topic_kind(s, topic), p);
+            if (s->rec && strcmp(topic, s->t_click) == 0) recommend_drop_partition(s->rec, p);
             if (strcmp(topic, s->t_click) == 0) svc_refs_drop_partition(s, p);
             metrics_drop_lag(topic, p);
             svc_remove_assigned(s, topic, p);
@@ -1325,6 +1474,7 @@ static size_t svc_collect(svc *s) {
         if (!s->n_items) deadline = now + (int64_t)s->batch_wait_ms * 1000;
         svc_item *it = &s->items[s->n_items++];
         memset(it, 0, sizeof *it);
+        it->snap = -1;
         it->msg = m;
         it->polled_us = now;
         s->last_activity_us = now;
@@ -1360,9 +1510,44 @@ static int svc_idle(const svc *s) {
     return 1;
 }
 
+/* Has the model file changed since it was last looked at? Remembers what
+ * it saw. */
+static int svc_model_file_changed(svc *s) {
+    struct stat sb;
+    if (stat(s->model_path, &sb) < 0) return 0; /* being replaced; look again later */
+    int changed = sb.st_mtim.tv_sec != s->model_mtime.tv_sec ||
+                  sb.st_mtim.tv_nsec != s->model_mtime.tv_nsec || sb.st_size != s->model_size;
+    s->model_mtime = sb.st_mtim;
+    s->model_size = sb.st_size;
+    return changed;
+}
+
+/* Loads a new model at a batch boundary: on SIGHUP, or when the file
+ * changed. A file that cannot be loaded is reported; the current model
+ * stays. */
+static void svc_maybe_reload(svc *s) {
+    if (!s->rec) return;
+    int64_t now = util_monotonic_us();
+    int due = svc_reload_requested;
+    if (!due && s->reload_check_us && now - s->last_reload_check_us >= s->reload_check_us) {
+        s->last_reload_check_us = now;
+        due = svc_model_file_changed(s);
+    }
+    if (!due) return;
+    svc_reload_requested = 0;
+    svc_model_file_changed(s);
+    char err[512];
+    if (recommend_reload(s->rec, s->model_path, err, sizeof err) < 0)
+        log_error("service", "model %s not reloaded, keeping %s: %s", s->model_path,
+                  recommend_version(s->rec), err);
+    else
+        log_info("service", "model %s reloaded: %s", s->model_path, recommend_version(s->rec));
+}
+
 static int svc_loop(svc *s) {
     s->last_activity_us = util_monotonic_us();
     while (!svc_stop_requested) {
+        svc_maybe_reload(s);
         svc_catalog_poll(s, 10000);
         if (svc_collect(s)) {
             if (svc_process_batch(s) < 0) {
@@ -1410,6 +1595,12 @@ static void svc_free(svc *s) {
     free(s->writes);
     free(s->load_states);
     free(s->load_ids);
+    for (size_t i = 0; s->snaps && i < s->batch_max; i++) userstate_clear(&s->snaps[i].prefs);
+    free(s->snaps);
+    free(s->work);
+    free(s->queries);
+    free(s->h_arena);
+    recommend_free(s->rec);
     for (int k = 0; k < 3; k++) {
         free(s->flight[k].spans);
         free(s->flight[k].polled_us);
@@ -1512,16 +1703,27 @@ int run_main(int argc, char **argv) {
     s.writes = calloc(s.batch_max, sizeof *s.writes);
     s.load_states = calloc(s.batch_max, sizeof *s.load_states);
     s.load_ids = calloc(s.batch_max, sizeof *s.load_ids);
-    int flights_ok = 1;
+    s.snaps = calloc(s.batch_max, sizeof *s.snaps);
+    s.work = calloc(s.batch_max, sizeof *s.work);
+    s.queries = calloc(s.batch_max, sizeof *s.queries);
+    int flights_ok = s.snaps && s.work && s.queries;
     for (int k = 0; k < 3; k++) {
         s.flight[k].polled_us = calloc(s.batch_max, sizeof *s.flight[k].polled_us);
-        s.flight[k].copies = calloc(s.n_locales, sizeof *s.flight[k].copies);
+        s.flight[k].copies = calloc(s.n_locales * SVC__KINDS, sizeof *s.flight[k].copies);
         flights_ok &= s.flight[k].polled_us && s.flight[k].copies;
     }
     if (!s.catalog || !s.cache || !s.user_index || !s.items || !s.users || !s.writes ||
         !s.load_states || !s.load_ids || !flights_ok) {
         util_err(err, sizeof err, "out of memory");
         goto startup_err;
+    }
+    if (s.model_path[0]) {
+        if (!(s.rec = recommend_new(s.model_path, (int)config_int(cfg, "model.max_batch"),
+                                    (size_t)config_int(cfg, "model.kv_cache_mb") << 20,
+                                    s.up.max_sequence, err, sizeof err)))
+            goto startup_err;
+        svc_model_file_changed(&s); /* remember what was loaded */
+        log_info("service", "model %s loaded: %s", s.model_path, recommend_version(s.rec));
     }
     if (!(s.store = store_new(cfg, err, sizeof err))) goto startup_err;
     atomic_store(&s.redis_ok, 1);
@@ -1547,6 +1749,7 @@ int run_main(int argc, char **argv) {
     sa.sa_handler = svc_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 
     if (svc_catalog_start(&s, err, sizeof err) < 0) goto startup_err;
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(2);

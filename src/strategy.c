@@ -228,6 +228,8 @@ static void add_reasons(ctx *x, const catalog_entry *e) {
     }
 }
 
+static void finish(ctx *x);
+
 int strategy_affinity(const catalog *c, const user_state *u, const strategy_params *p,
                       strategy_result *out) {
     if (p->k == 0 || p->k > STRATEGY_MAX_PICKS || p->max_reasons > STRATEGY_MAX_REASONS ||
@@ -266,10 +268,26 @@ int strategy_affinity(const catalog *c, const user_state *u, const strategy_para
                           catalog_items_with_attribute(c, top[i].key, cand, LIST_BUDGET));
     }
 
+    finish(&x);
+    return (int)out->n_picks;
+}
+
+/* Titles in the locale for every pick, reasons for the top one. */
+static void finish(ctx *x) {
+    strategy_result *out = x->out;
     for (size_t i = 0; i < out->n_picks; i++) {
         const catalog_item *it = &out->picks[i].entry->item;
-        out->picks[i].title = localized_find(it->titles, it->n_titles, p->locale);
+        out->picks[i].title = localized_find(it->titles, it->n_titles, x->p->locale);
     }
-    if (out->n_picks) add_reasons(&x, out->picks[0].entry);
-    return (int)out->n_picks;
+    out->n_reasons = 0;
+    if (out->n_picks) add_reasons(x, out->picks[0].entry);
+}
+
+int strategy_explain(const user_state *u, const strategy_params *p, strategy_result *out) {
+    if (p->max_reasons > STRATEGY_MAX_REASONS || !p->locale || !(p->half_life_s > 0)) return -1;
+    ctx x = {.u = u, .p = p, .out = out};
+    aff_load(&x.cats, &u->cats, decay(&u->cats, p->at_s, p->half_life_s));
+    aff_load(&x.attrs, &u->attrs, decay(&u->attrs, p->at_s, p->half_life_s));
+    finish(&x);
+    return 0;
 }

@@ -110,6 +110,25 @@ err:
     return -1;
 }
 
+static int us_copy_affinities(us_affinities *dst, const us_affinities *src) {
+    if (US_GROW(dst->v, dst->cap, src->n) < 0) return -1;
+    if (src->n) memcpy(dst->v, src->v, src->n * sizeof *src->v);
+    dst->n = src->n;
+    dst->ref_s = src->ref_s;
+    return 0;
+}
+
+int userstate_copy_prefs(user_state *dst, const user_state *src) {
+    if (us_copy_affinities(&dst->cats, &src->cats) < 0 ||
+        us_copy_affinities(&dst->attrs, &src->attrs) < 0 ||
+        US_GROW(dst->bought, dst->cap_bought, src->n_bought) < 0)
+        return -1;
+    if (src->n_bought) memcpy(dst->bought, src->bought, src->n_bought * sizeof *src->bought);
+    dst->n_bought = src->n_bought;
+    memcpy(dst->locale, src->locale, sizeof dst->locale);
+    return 0;
+}
+
 size_t userstate_bytes(const user_state *s) {
     size_t b = sizeof *s;
     b += s->cap_seq * sizeof *s->seq;
