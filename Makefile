@@ -98,7 +98,7 @@ bench: deps
 # The Transformer engine alone: incremental vs full recompute, batched step
 # vs plain sgemm, scoring the Amazon Beauty catalog size. Needs no services.
 bench-inference: $(BUILD)/bench/inference
-	$(BUILD)/bench/inference --threads 1
+	bash -c '. scripts/lib.sh && openblas_env && exec $(BUILD)/bench/inference --threads 1'
 
 clean:
 	rm -rf build build-asan

@@ -8,12 +8,16 @@
 # published once; then, ROUNDS times, the passthrough (consume, produce the
 # same message, commit after acks: bench/passthrough.c) and the service (same
 # input, fresh consumer group and fresh Redis key prefix) each drain it, one
-# right after the other. Both report events per second from their first poll
+# right after the other; the service twice, with the affinity strategy only
+# and with the learned strategy on (e2e_model_*). Both report events per second from their first poll
 # to their last commit. The ratio is taken within each round, where both saw
 # the same machine, and the median round is reported; the throughputs are
 # the best round of each. Output: `name value` lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+openblas_env
 BUILD=${1:-build}
 BIN=$BUILD/copystream
 EVENTS=${BENCH_EVENTS:-200000}
@@ -35,29 +39,49 @@ COPYSTREAM_TOPIC_COPY=passthrough "$BIN" topics
 gen=$("$BIN" loadgen --count "$EVENTS" --users "$USERS" --quiet)
 echo "# input: $gen" >&2
 
+# The learned strategy runs with a model of the default shape (d=64, 2
+# layers, 2 heads, window 200) over the sample catalog; its weights are
+# random until `copystream train` exists, which costs the same to run.
+MODEL=$DIR/model.bin
+"$BUILD/tools/mkmodel" "$MODEL" --sample-catalog --seed 1 --dim 64 --layers 2 --heads 2 \
+    --window 200
+
 rate() { sed -n 's/.*events_per_s=\([0-9.]*\).*/\1/p' | tail -n 1; }
-best_pt=0 best_e2e=0 copies=0 ratios=()
+max() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > a) ? b : a }'; }
+# Drains the input with the service: run ROUND NAME [VAR=VALUE...]
+service() {
+    redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" flushall >/dev/null
+    env COPYSTREAM_LOG_LEVEL=info COPYSTREAM_REDIS_KEY__PREFIX="b$1$2" "${@:3}" \
+        "$BIN" run --group "svc-$1-$2" --exit-when-idle 2000 2>&1
+}
+best_pt=0 best_e2e=0 best_model=0 copies=0 ratios=() model_ratios=()
 for round in $(seq 1 "$ROUNDS"); do
     pt=$(COPYSTREAM_TOPIC_COPY=passthrough "$BUILD/bench/passthrough" --group "pt-$round" \
          --exit-when-idle 2000 | rate)
-    redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" flushall >/dev/null
-    log=$(COPYSTREAM_LOG_LEVEL=info COPYSTREAM_REDIS_KEY__PREFIX="b$round" \
-          "$BIN" run --group "svc-$round" --exit-when-idle 2000 2>&1)
+    log=$(service "$round" affinity)
     e2e=$(rate <<<"$log")
     copies=$(sed -n 's/.*copies=\([0-9]*\).*/\1/p' <<<"$log" | tail -n 1)
+    model=$(service "$round" model COPYSTREAM_MODEL_PATH="$MODEL" | rate)
     ratio=$(awk -v e="$e2e" -v p="$pt" 'BEGIN { printf "%.3f", e / p }')
+    model_ratio=$(awk -v e="$model" -v p="$pt" 'BEGIN { printf "%.3f", e / p }')
     ratios+=("$ratio")
-    echo "# round $round: passthrough $pt/s, copystream $e2e/s, ratio $ratio" >&2
-    best_pt=$(awk -v a="$best_pt" -v b="$pt" 'BEGIN { print (b > a) ? b : a }')
-    best_e2e=$(awk -v a="$best_e2e" -v b="$e2e" 'BEGIN { print (b > a) ? b : a }')
+    model_ratios+=("$model_ratio")
+    echo "# round $round: passthrough $pt/s, copystream $e2e/s (ratio $ratio)," \
+         "with the model $model/s (ratio $model_ratio)" >&2
+    best_pt=$(max "$best_pt" "$pt")
+    best_e2e=$(max "$best_e2e" "$e2e")
+    best_model=$(max "$best_model" "$model")
 done
+median() { sort -n | awk '{ r[NR] = $1 } END { print r[int((NR + 1) / 2)] }'; }
 
 echo "events $EVENTS"
 echo "users $USERS"
 echo "copies_per_round $copies"
 echo "passthrough_events_per_s $best_pt"
 echo "e2e_events_per_s $best_e2e"
+echo "e2e_model_events_per_s $best_model"
 printf '%s\n' "${ratios[@]}" | sort -n | awk '{ r[NR] = $1 } END {
     print "e2e_vs_passthrough", r[int((NR + 1) / 2)]
     print "e2e_vs_passthrough_min", r[1]
     print "e2e_vs_passthrough_max", r[NR] }'
+echo "e2e_model_vs_passthrough $(printf '%s\n' "${model_ratios[@]}" | median)"

@@ -7,6 +7,9 @@
 # DEMO_EVENTS and DEMO_USERS size the synthetic clickstream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+openblas_env
 BUILD=${1:-build}
 BIN=$BUILD/copystream
 EVENTS=${DEMO_EVENTS:-20000}

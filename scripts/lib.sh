@@ -15,3 +15,18 @@ die() {
     echo "$(basename "$0"): $*" >&2
     exit 1
 }
+
+# Debian's OpenBLAS 0.3.21 does not recognise some CPUs (virtual ones that report no model,
+# like these machines) and falls back to its oldest kernels, several times slower than the
+# CPU allows; the model's steps run ~25 % faster with the right ones. OpenBLAS reads
+# OPENBLAS_CORETYPE when it is loaded, so it has to be in the environment of the process.
+# This picks the kernels the CPU supports, unless the caller chose already.
+openblas_env() {
+    if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+        if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+            export OPENBLAS_CORETYPE=SkylakeX
+        elif grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+            export OPENBLAS_CORETYPE=Haswell
+        fi
+    fi
+}
