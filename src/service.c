@@ -550,27 +550,24 @@ static const char *svc_locale(const svc *s, const char *user_locale) {
     return s->default_locale;
 }
 
-static strategy_params svc_params(const svc *s, const svc_item *it, const svc_snap *sn) {
+static strategy_params svc_params(const svc *s, const svc_item *it, const user_state *prefs) {
     const click_event *e = &it->click;
     return (strategy_params){
         .k = s->copy_items,
         .max_reasons = s->max_reasons,
         .at_s = (uint32_t)(e->ts_ms / 1000),
         .half_life_s = s->up.half_life_s,
-        .locale = svc_locale(s, sn->prefs.locale),
+        .locale = svc_locale(s, prefs->locale),
         .exclude_item = e->item_id && e->item_id[0] ? util_hash(e->item_id) : 0,
     };
 }
 
-/* Renders and encodes the copy of item it from the picks in its snapshot,
- * and puts it in the user's outbox. Returns 1 when a copy was made, 0 when
- * none could be (it->suppressed says why), -1 when memory runs out. */
-static int svc_build_copy(svc *s, svc_item *it) {
+/* Renders and encodes the copy of item it from the strategy's result r, in
+ * locale, and puts it in the user's outbox. Returns 1 when a copy was made,
+ * 0 when none could be (it->suppressed says why), -1 when memory runs out. */
+static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const char *locale) {
     svc_user *u = it->user;
     const click_event *e = &it->click;
-    const svc_snap *sn = &s->snaps[it->snap];
-    const strategy_result *r = &sn->res;
-    const char *locale = svc_locale(s, sn->prefs.locale);
     if (r->n_picks == 0) {
         it->suppressed = MET_SUPPRESSED_NO_CANDIDATES + 1;
         return 0;
@@ -644,10 +641,11 @@ static int svc_build_copy(svc *s, svc_item *it) {
     return 1;
 }
 
-/* Applies the user's items, in order, to u->st. A copy that is due is only
- * decided here (and the user's last copy time moved), with a snapshot of what
- * the strategies need as of its event; svc_make_copies() makes it once every
- * user of the batch is applied. Returns 0 or -1 (memory). */
+/* Applies the user's items, in order, to u->st. A copy that is due moves the
+ * user's last copy time. The affinity strategy makes it at once, from the
+ * state as of its event; a copy the model will choose waits, with a snapshot
+ * of what it needs as of its event, until svc_make_copies() has advanced
+ * every user of the batch together. Returns 0 or -1 (memory). */
 static int svc_apply_user(svc *s, svc_user *u) {
     u->seq_before = u->st.seq_total;
     for (svc_item *it = u->first; it; it = it->next) {
@@ -682,11 +680,21 @@ static int svc_apply_user(svc *s, svc_user *u) {
             it->suppressed = MET_SUPPRESSED_MIN_INTERVAL + 1;
             continue;
         }
-        svc_snap *sn = &s->snaps[s->n_snaps];
-        if (userstate_copy_prefs(&sn->prefs, &u->st) < 0) return -1;
-        it->snap = (long)s->n_snaps++;
         u->st.last_copy_ms = e->ts_ms;
         u->st.dirty |= US_DIRTY_META;
+        if (s->rec && it->seq_pos >= s->model_min_events) {
+            svc_snap *sn = &s->snaps[s->n_snaps];
+            if (userstate_copy_prefs(&sn->prefs, &u->st) < 0) return -1;
+            it->snap = (long)s->n_snaps++;
+            continue;
+        }
+        strategy_params sp = svc_params(s, it, &u->st);
+        strategy_result res;
+        if (strategy_affinity(s->catalog, &u->st, &sp, &res) < 0) return -1;
+        it->strategy = SVC_AFFINITY;
+        int made = svc_build_copy(s, it, &res, sp.locale);
+        if (made < 0) return -1;
+        it->publish = made;
     }
     return 0;
 }
@@ -731,22 +739,20 @@ static const float *svc_model_state(const svc *s, const svc_item *it) {
     return isnan(h[0]) ? NULL : h;
 }
 
-/* Makes the batch's due copies: advances the model states, asks the model
- * for the copies of users with enough history (in one batched scoring) and
- * the affinity strategy for the others, then renders each copy into its
- * user's outbox. A model failure falls back to the affinity strategy. */
+/* Makes the copies that wait for the model: advances the model states of
+ * every user the batch appended events to, scores the waiting copies in one
+ * batch, and renders each into its user's outbox. A model failure falls back
+ * to the affinity strategy, from the same snapshots. */
 static int svc_make_copies(svc *s) {
-    int model_ok = 0;
-    if (s->rec) {
-        model_ok = svc_advance(s) == 0;
-        if (!model_ok) recommend_clear(s->rec);
-    }
+    if (!s->rec) return 0;
+    int model_ok = svc_advance(s) == 0;
+    if (!model_ok) recommend_clear(s->rec);
     size_t nq = 0;
     for (size_t i = 0; i < s->n_items; i++) {
         svc_item *it = &s->items[i];
         if (it->snap < 0) continue;
         svc_snap *sn = &s->snaps[it->snap];
-        strategy_params sp = svc_params(s, it, sn);
+        strategy_params sp = svc_params(s, it, &sn->prefs);
         const float *h = model_ok ? svc_model_state(s, it) : NULL;
         it->strategy = h ? SVC_TRANSFORMER : SVC_AFFINITY;
         if (h)
@@ -761,7 +767,7 @@ static int svc_make_copies(svc *s) {
             svc_item *it = &s->items[i];
             if (it->snap < 0 || it->strategy != SVC_TRANSFORMER) continue;
             svc_snap *sn = &s->snaps[it->snap];
-            strategy_params sp = svc_params(s, it, sn);
+            strategy_params sp = svc_params(s, it, &sn->prefs);
             it->strategy = SVC_AFFINITY;
             if (strategy_affinity(s->catalog, &sn->prefs, &sp, &sn->res) < 0) return -1;
         }
@@ -769,7 +775,8 @@ static int svc_make_copies(svc *s) {
     for (size_t i = 0; i < s->n_items; i++) {
         svc_item *it = &s->items[i];
         if (it->snap < 0) continue;
-        int made = svc_build_copy(s, it);
+        const svc_snap *sn = &s->snaps[it->snap];
+        int made = svc_build_copy(s, it, &sn->res, svc_locale(s, sn->prefs.locale));
         if (made < 0) return -1;
         it->publish = made;
     }
