@@ -294,9 +294,11 @@ out:
     for (size_t i = 0; i < n; i++) {
         if (!kv[i]) continue;
         /* After a failure a state may be half-advanced: drop it, the next
-         * batch rebuilds it. */
-        if (rc < 0 || kvcache_put(r->kc, w[i].user_id, kv[i], w[i].partition) < 0)
+         * batch rebuilds it. kvcache_put() owns the state either way. */
+        if (rc < 0)
             model_kv_free(kv[i]);
+        else
+            kvcache_put(r->kc, w[i].user_id, kv[i], w[i].partition);
     }
     free(kv);
     return rc;
