@@ -2,13 +2,15 @@
  * docs/MODEL.md.
  *
  * Laid out like llama2.c's run.c: the config, the weights (pointers into the
- * mapped file), the run state (one allocation of activations), then one
- * function per layer (`op_forward`), then the passes built from them. There
- * are three passes and they share every layer but attention's source of keys:
- * a step advances B users by one position each, a prefill appends n positions
- * of one user, both attending through the users' KV states; the full
- * recompute attends to its own rows and keeps nothing. The tests hold the
- * first two to the third. */
+ * mapped file), the run state (one allocation of activations), the vector
+ * kernels the layers' loops run in, then one function per layer
+ * (`op_forward`), then the passes built from them. There are three passes
+ * and they share every layer but attention's source of keys: a step advances
+ * B users by one position each, a prefill appends n positions of one user,
+ * both attending through the users' KV states; the full recompute attends to
+ * its own rows and keeps nothing. A step's attention, one query against a
+ * state, has a kernel of its own. The tests hold the first two passes to the
+ * third. */
 #define _GNU_SOURCE
 #include "model.h"
 
@@ -72,42 +74,104 @@ void model_set_threads(int n) {
 }
 
 /* ---------------------------------------------------------------------------
- * matmul: the one door to BLAS */
+ * vector kernels
+ *
+ * The Makefile builds for baseline x86-64, whose vectors hold 4 floats, and
+ * what a step does outside sgemm (attention over each user's cache, GELU,
+ * LayerNorm) is a long run of small loops that would run 4 floats at a time
+ * beside OpenBLAS's AVX-512 kernels. A function marked MODEL_KERNEL is
+ * compiled three times, for AVX-512, for AVX2 with FMA and for the baseline,
+ * and the loader picks the widest the CPU runs (GCC's function
+ * multiversioning; valgrind, which emulates no AVX-512, gets the AVX2 one).
+ * The clones fuse multiplies and adds where the CPU can, so results differ
+ * between CPUs by float rounding, as sgemm's do between kernels.
+ *
+ * GCC vectorizes a loop at -O2 only when no scalar remainder is left and no
+ * pointer may alias another (it adds no run-time checks), never reorders a
+ * float sum, and gives up on a loop where a float compare guards more
+ * arithmetic. So the loops below take restrict pointers, run over a multiple
+ * of LANES floats and leave the rest to a scalar loop, keep sums in LANES
+ * partial sums, and compare floats only to pick one of two. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define MODEL_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MODEL_KERNEL
+#endif
 
-/* y (n) += a * x (n). */
-static inline void axpy(float *restrict y, const float *restrict x, float a, int n) {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+/* A helper of kernels, compiled into each clone that calls it (GCC would
+ * otherwise call a single baseline copy of the larger ones). */
+#define KERNEL_INLINE static inline __attribute__((always_inline))
+
+#define LANES 16 /* floats in an AVX-512 vector */
+
+/* e^x, within 1e-7 relative for |x| <= 87.4; past that x counts as +-87.4
+ * (e^x is 1e-38 or 9e37), which is all GELU and softmax need. libm's expf is
+ * a call per float, and GELU and softmax take a thousand per user and step.
+ * Cephes's expf: x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n
+ * written into a float's exponent. The clamp compares the bits as integers:
+ * GCC makes a branch of a float compare whose result feeds more arithmetic. */
+KERNEL_INLINE float exp_approx(float x) {
+    int32_t xb, max_mag = 0x42aecccd; /* 87.4f: 2^n stays a normal float */
+    memcpy(&xb, &x, sizeof xb);
+    int32_t mag = xb & 0x7fffffff;
+    mag = mag < max_mag ? mag : max_mag;
+    xb = (int32_t)((uint32_t)xb & 0x80000000u) | mag;
+    memcpy(&x, &xb, sizeof x);
+    /* Adding 1.5 * 2^23 rounds to an integer, which lands in the low bits. */
+    float z = x * 1.44269504088896341f + 12582912.0f, n = z - 12582912.0f;
+    int32_t zb;
+    memcpy(&zb, &z, sizeof zb);
+    float r = x - n * 0.693359375f - n * -2.12194440e-4f; /* ln2 in two parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t pow2b = (zb - 0x4b400000 + 127) << 23; /* n + 127 is 1 to 253 */
+    float pow2;
+    memcpy(&pow2, &pow2b, sizeof pow2);
+    return p * pow2;
 }
+
+/* ---------------------------------------------------------------------------
+ * matmul: the one door to BLAS */
 
 /* y (n) += a[0..4) @ x (4, n), rows ld apart: y is loaded and stored once per
  * four rows rather than once per row. */
-static inline void axpy4(float *restrict y, const float *restrict x, size_t ld, const float *a,
+KERNEL_INLINE void axpy4(float *restrict y, const float *restrict x, size_t ld, const float *a,
                          int n) {
     const float *x1 = x + ld, *x2 = x1 + ld, *x3 = x2 + ld;
     float a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
     for (int i = 0; i < n; i++) y[i] += a0 * x[i] + a1 * x1[i] + a2 * x2[i] + a3 * x3[i];
 }
 
+/* out (n) = beta out + a (k) @ b (k, n), rows ldb apart, as axpys over b's
+ * rows; each row goes as a multiple of LANES floats and the rest. */
+static void MODEL_KERNEL matvec(float *restrict out, const float *restrict a,
+                                const float *restrict b, int n, int k, size_t ldb, float beta) {
+    if (beta == 0.0f) memset(out, 0, (size_t)n * sizeof *out);
+    int nv = n & ~(LANES - 1), p = 0;
+    for (; p + 4 <= k; p += 4) {
+        const float *rows = b + (size_t)p * ldb;
+        axpy4(out, rows, ldb, a + p, nv);
+        axpy4(out + nv, rows + nv, ldb, a + p, n - nv);
+    }
+    for (; p < k; p++) {
+        const float *row = b + (size_t)p * ldb;
+        for (int i = 0; i < nv; i++) out[i] += a[p] * row[i];
+        for (int i = nv; i < n; i++) out[i] += a[p] * row[i];
+    }
+}
+
 void matmul(float *out, const float *a, const float *b, int m, int n, int k, int lda, int ldb,
             int ldo, int b_t, float beta) {
     if (m == 1 && !b_t) {
-        /* One row times a matrix: a single user's projections, or a query
-         * against its cached keys. Here OpenBLAS's call and packing overhead
-         * outweigh the product, so it runs as axpys over b's rows. GCC's -O2
-         * cost model vectorizes a loop only when no scalar remainder is left,
-         * so each row goes as a multiple of 8 and the rest. */
-        if (beta == 0.0f) memset(out, 0, (size_t)n * sizeof *out);
-        int n8 = n & ~7, p = 0;
-        for (; p + 4 <= k; p += 4) {
-            const float *rows = b + (size_t)p * ldb;
-            axpy4(out, rows, (size_t)ldb, a + p, n8);
-            axpy4(out + n8, rows + n8, (size_t)ldb, a + p, n - n8);
-        }
-        for (; p < k; p++) {
-            const float *row = b + (size_t)p * ldb;
-            axpy(out, row, a[p], n8);
-            axpy(out + n8, row + n8, a[p], n - n8);
-        }
+        /* One row times a matrix: a single user's projections, or one
+         * position's attention in a prefill. Here OpenBLAS's call and
+         * packing overhead outweigh the product. */
+        matvec(out, a, b, n, k, (size_t)ldb, beta);
         return;
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, b_t ? CblasTrans : CblasNoTrans, m, n, k, 1.0f, a,
@@ -138,35 +202,105 @@ static void matmul_forward(float *out, const float *inp, const float *w, const f
     matmul(out, inp, w, R, c, c_in, c_in, c, c, 0, 1.0f);
 }
 
-/* out (R, C) = LayerNorm of each row of inp (R, C), gain w (C), bias b (C). */
-static void layernorm_forward(float *out, const float *inp, const float *w, const float *b, int R,
-                              int C) {
+/* The sum of lane[0..LANES), pairwise so that it vectorizes; lane is spent. */
+_Static_assert(LANES == 16, "lanes_sum() and lanes_max() halve 16 lanes");
+KERNEL_INLINE float lanes_sum(float *restrict lane) {
+    for (int k = 0; k < 8; k++) lane[k] += lane[k + 8];
+    for (int k = 0; k < 4; k++) lane[k] += lane[k + 4];
+    return (lane[0] + lane[2]) + (lane[1] + lane[3]);
+}
+/* The largest of lane[0..LANES), the same way. */
+KERNEL_INLINE float lanes_max(float *restrict lane) {
+    for (int k = 0; k < 8; k++) lane[k] = lane[k + 8] > lane[k] ? lane[k + 8] : lane[k];
+    for (int k = 0; k < 4; k++) lane[k] = lane[k + 4] > lane[k] ? lane[k + 4] : lane[k];
+    float a = lane[0] > lane[1] ? lane[0] : lane[1], b = lane[2] > lane[3] ? lane[2] : lane[3];
+    return a > b ? a : b;
+}
+
+/* The sum of x (n), in LANES partial sums. */
+KERNEL_INLINE float sum_forward(const float *restrict x, int n) {
+    float lane[LANES] = {0}, tail = 0;
+    int nv = n & ~(LANES - 1);
+    for (int i = 0; i < nv; i += LANES)
+        for (int k = 0; k < LANES; k++) lane[k] += x[i + k];
+    for (int i = nv; i < n; i++) tail += x[i];
+    return lanes_sum(lane) + tail;
+}
+
+/* a (n) . b (n), in LANES partial sums. */
+KERNEL_INLINE float dot_forward(const float *restrict a, const float *restrict b, int n) {
+    float lane[LANES] = {0}, tail = 0;
+    int nv = n & ~(LANES - 1);
+    for (int i = 0; i < nv; i += LANES)
+        for (int k = 0; k < LANES; k++) lane[k] += a[i + k] * b[i + k];
+    for (int i = nv; i < n; i++) tail += a[i] * b[i];
+    return lanes_sum(lane) + tail;
+}
+
+/* out (R, C) = LayerNorm of each row of inp (R, C), gain w (C), bias b (C).
+ * The variance takes a second pass over the row, which is in L1 by then: it
+ * does not cancel as the mean of squares less the squared mean would. */
+static void MODEL_KERNEL layernorm_forward(float *restrict out, const float *restrict inp,
+                                           const float *restrict w, const float *restrict b,
+                                           int R, int C) {
+    int nv = C & ~(LANES - 1);
     for (int r = 0; r < R; r++) {
         const float *x = inp + (size_t)r * C;
         float *o = out + (size_t)r * C;
-        float mean = 0, var = 0;
-        for (int i = 0; i < C; i++) mean += x[i];
-        mean /= C;
-        for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
-        float rstd = 1.0f / sqrtf(var / C + MODEL_LN_EPS);
-        for (int i = 0; i < C; i++) o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+        float mean = sum_forward(x, C) / C;
+        float lane[LANES] = {0}, tail = 0;
+        for (int i = 0; i < nv; i += LANES)
+            for (int k = 0; k < LANES; k++) lane[k] += (x[i + k] - mean) * (x[i + k] - mean);
+        for (int i = nv; i < C; i++) tail += (x[i] - mean) * (x[i] - mean);
+        float rstd = 1.0f / sqrtf((lanes_sum(lane) + tail) / C + MODEL_LN_EPS);
+        for (int i = 0; i < nv; i += LANES)
+            for (int k = 0; k < LANES; k++)
+                o[i + k] = (x[i + k] - mean) * rstd * w[i + k] + b[i + k];
+        for (int i = nv; i < C; i++) o[i] = (x[i] - mean) * rstd * w[i] + b[i];
     }
 }
 
-/* x (N) = GELU(x), the tanh approximation 0.5 x (1 + tanh(u)), computed as
- * x sigmoid(2u), the same function: glibc's tanhf costs several expf, and
- * GELU is the largest cost of a step outside matmul. */
-static void gelu_forward(float *x, size_t N) {
+/* GELU's tanh approximation 0.5 v (1 + tanh(u)), computed as v sigmoid(2u),
+ * the same function. */
+KERNEL_INLINE float gelu(float v) {
     const float s = 2.0f * 0.7978845608028654f; /* 2 sqrt(2 / pi) */
-    for (size_t i = 0; i < N; i++) {
-        float v = x[i];
-        x[i] = v / (1.0f + expf(-s * (v + 0.044715f * v * v * v)));
-    }
+    return v / (1.0f + exp_approx(-s * (v + 0.044715f * v * v * v)));
+}
+
+/* x (N) = GELU(x). */
+static void MODEL_KERNEL gelu_forward(float *restrict x, size_t N) {
+    size_t nv = N & ~(size_t)(LANES - 1);
+    for (size_t i = 0; i < nv; i += LANES)
+        for (int k = 0; k < LANES; k++) x[i + k] = gelu(x[i + k]);
+    for (size_t i = nv; i < N; i++) x[i] = gelu(x[i]);
 }
 
 /* x (N) += y (N). */
-static void residual_forward(float *x, const float *y, size_t N) {
-    for (size_t i = 0; i < N; i++) x[i] += y[i];
+static void MODEL_KERNEL residual_forward(float *restrict x, const float *restrict y, size_t N) {
+    size_t nv = N & ~(size_t)(LANES - 1);
+    for (size_t i = 0; i < nv; i += LANES)
+        for (int k = 0; k < LANES; k++) x[i + k] += y[i + k];
+    for (size_t i = nv; i < N; i++) x[i] += y[i];
+}
+
+/* Rotates each (even, odd) pair of the n vectors of hd floats at v by the
+ * angles whose cosines and sines are cs and sn (hd / 2). */
+static void MODEL_KERNEL rotate_forward(float *restrict v, const float *restrict cs,
+                                        const float *restrict sn, int n, int hd) {
+    int half = hd / 2, hv = half & ~(LANES - 1);
+    for (float *p = v; p < v + (size_t)n * hd; p += hd) {
+        for (int i = 0; i < hv; i += LANES)
+            for (int k = i; k < i + LANES; k++) {
+                float a = p[2 * k], b = p[2 * k + 1];
+                p[2 * k] = a * cs[k] - b * sn[k];
+                p[2 * k + 1] = a * sn[k] + b * cs[k];
+            }
+        for (int k = hv; k < half; k++) {
+            float a = p[2 * k], b = p[2 * k + 1];
+            p[2 * k] = a * cs[k] - b * sn[k];
+            p[2 * k + 1] = a * sn[k] + b * cs[k];
+        }
+    }
 }
 
 /* Rotates each (even, odd) pair of every head of the query and the key of one
@@ -174,26 +308,206 @@ static void residual_forward(float *x, const float *y, size_t N) {
  * score of query position i and key position j depends on i - j only: keys
  * cached at their own positions stay right however many events follow. */
 static void rope_forward(const model *m, float *qkv, int pos) {
-    int d = m->config.dim, hd = d / m->config.n_heads, half = hd / 2;
-    const float *cs = m->rope_cos + (size_t)pos * half, *sn = m->rope_sin + (size_t)pos * half;
-    for (float *v = qkv; v < qkv + 2 * d; v += hd) { /* the queries, then the keys */
-        for (int i = 0; i < half; i++) {
-            float a = v[2 * i], b = v[2 * i + 1];
-            v[2 * i] = a * cs[i] - b * sn[i];
-            v[2 * i + 1] = a * sn[i] + b * cs[i];
-        }
+    int hd = m->config.dim / m->config.n_heads, half = hd / 2;
+    /* the queries, then the keys: 2 H vectors of hd */
+    rotate_forward(qkv, m->rope_cos + (size_t)pos * half, m->rope_sin + (size_t)pos * half,
+                   2 * m->config.n_heads, hd);
+}
+
+/* The largest of x[0..n), n >= 1. A last partial block of lanes is taken as
+ * the LANES floats ending at x[n - 1], overlapping the block before. */
+KERNEL_INLINE float max_forward(const float *restrict x, int n) {
+    float max = x[0];
+    if (n < LANES) {
+        for (int j = 1; j < n; j++) max = x[j] > max ? x[j] : max;
+        return max;
     }
+    float lane[LANES];
+    memcpy(lane, x, sizeof lane);
+    for (int j = LANES; j < n; j += LANES) {
+        const float *blk = x + (j + LANES <= n ? j : n - LANES);
+        for (int k = 0; k < LANES; k++) lane[k] = blk[k] > lane[k] ? blk[k] : lane[k];
+    }
+    return lanes_max(lane);
+}
+
+/* x (n) = softmax(scale * x). */
+KERNEL_INLINE void softmax(float *restrict x, int n, float scale) {
+    float max = max_forward(x, n), lane[LANES] = {0}, tail = 0;
+    int nv = n & ~(LANES - 1);
+    for (int j = 0; j < nv; j += LANES)
+        for (int k = 0; k < LANES; k++) lane[k] += x[j + k] = exp_approx(scale * (x[j + k] - max));
+    for (int j = nv; j < n; j++) tail += x[j] = exp_approx(scale * (x[j] - max));
+    float inv = 1.0f / (lanes_sum(lane) + tail);
+    for (int j = 0; j < nv; j += LANES)
+        for (int k = 0; k < LANES; k++) x[j + k] *= inv;
+    for (int j = nv; j < n; j++) x[j] *= inv;
 }
 
 /* x (T) = softmax(scale * x[0..n)) with x[n..T) = 0: the causal mask. */
-static void softmax_forward(float *x, int n, int T, float scale) {
-    float max = x[0];
-    for (int j = 1; j < n; j++) max = x[j] > max ? x[j] : max;
-    float sum = 0;
-    for (int j = 0; j < n; j++) sum += x[j] = expf(scale * (x[j] - max));
-    float inv = 1.0f / sum;
-    for (int j = 0; j < n; j++) x[j] *= inv;
-    for (int j = n; j < T; j++) x[j] = 0;
+static void MODEL_KERNEL softmax_forward(float *restrict x, int n, int T, float scale) {
+    softmax(x, n, scale);
+    memset(x + n, 0, (size_t)(T - n) * sizeof *x);
+}
+
+/* att[0..LANES) = q (hd) . keys (hd, LANES), rows ldk apart: the LANES sums
+ * stay in registers over the hd rows, in four sums over alternate rows so
+ * that four chains of adds run at once. */
+KERNEL_INLINE void keys_block(float *restrict att, const float *restrict q,
+                              const float *restrict keys, size_t ldk, int hd) {
+    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
+    int j = 0;
+    for (; j + 4 <= hd; j += 4) {
+        const float *k0 = keys + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+        for (int k = 0; k < LANES; k++) {
+            acc0[k] += q[j] * k0[k];
+            acc1[k] += q[j + 1] * k1[k];
+            acc2[k] += q[j + 2] * k2[k];
+            acc3[k] += q[j + 3] * k3[k];
+        }
+    }
+    for (; j < hd; j++)
+        for (int k = 0; k < LANES; k++) acc0[k] += q[j] * keys[j * ldk + k];
+    for (int k = 0; k < LANES; k++) att[k] = (acc0[k] + acc1[k]) + (acc2[k] + acc3[k]);
+}
+
+/* The same for 4 blocks side by side, att[0..4 LANES), one sum each. */
+KERNEL_INLINE void keys_block4(float *restrict att, const float *restrict q,
+                               const float *restrict keys, size_t ldk, int hd) {
+    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
+    for (int j = 0; j < hd; j++) {
+        const float *k0 = keys + j * ldk;
+        for (int k = 0; k < LANES; k++) {
+            acc0[k] += q[j] * k0[k];
+            acc1[k] += q[j] * k0[LANES + k];
+            acc2[k] += q[j] * k0[2 * LANES + k];
+            acc3[k] += q[j] * k0[3 * LANES + k];
+        }
+    }
+    memcpy(att, acc0, sizeof acc0);
+    memcpy(att + LANES, acc1, sizeof acc1);
+    memcpy(att + 2 * LANES, acc2, sizeof acc2);
+    memcpy(att + 3 * LANES, acc3, sizeof acc3);
+}
+
+/* out[0..LANES) = att (n + 1) @ the n rows of values (ldv apart) and then
+ * row last, each LANES wide: four sums over alternate rows, so that four
+ * chains of adds run at once. */
+KERNEL_INLINE void values_block(float *restrict out, const float *restrict att,
+                                const float *restrict values, size_t ldv, int n,
+                                const float *restrict last) {
+    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
+    int t = 0;
+    for (; t + 4 <= n; t += 4) {
+        const float *v0 = values + t * ldv, *v1 = v0 + ldv, *v2 = v1 + ldv, *v3 = v2 + ldv;
+        float a0 = att[t], a1 = att[t + 1], a2 = att[t + 2], a3 = att[t + 3];
+        for (int k = 0; k < LANES; k++) {
+            acc0[k] += a0 * v0[k];
+            acc1[k] += a1 * v1[k];
+            acc2[k] += a2 * v2[k];
+            acc3[k] += a3 * v3[k];
+        }
+    }
+    for (; t < n; t++)
+        for (int k = 0; k < LANES; k++) acc0[k] += att[t] * values[t * ldv + k];
+    for (int k = 0; k < LANES; k++)
+        out[k] = (acc0[k] + acc1[k]) + (acc2[k] + acc3[k]) + att[n] * last[k];
+}
+
+/* The same for 4 blocks side by side, out[0..4 LANES), block b weighted by
+ * att[b] (n + 1): they may belong to different heads. Reading whole row
+ * segments, rather than one block of every row after another, lets the
+ * hardware prefetcher stream the rows in from the L3 cache, where a batch's
+ * states live. Two sums per block, over even and odd rows. */
+KERNEL_INLINE void values_block4(float *restrict out, const float *const att[4],
+                                 const float *restrict values, size_t ldv, int n,
+                                 const float *restrict last) {
+    const float *restrict w0 = att[0], *restrict w1 = att[1], *restrict w2 = att[2],
+                          *restrict w3 = att[3];
+    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
+    float odd0[LANES] = {0}, odd1[LANES] = {0}, odd2[LANES] = {0}, odd3[LANES] = {0};
+    int t = 0;
+    for (; t + 2 <= n; t += 2) {
+        const float *v = values + t * ldv, *u = v + ldv;
+        for (int k = 0; k < LANES; k++) {
+            acc0[k] += w0[t] * v[k];
+            acc1[k] += w1[t] * v[LANES + k];
+            acc2[k] += w2[t] * v[2 * LANES + k];
+            acc3[k] += w3[t] * v[3 * LANES + k];
+            odd0[k] += w0[t + 1] * u[k];
+            odd1[k] += w1[t + 1] * u[LANES + k];
+            odd2[k] += w2[t + 1] * u[2 * LANES + k];
+            odd3[k] += w3[t + 1] * u[3 * LANES + k];
+        }
+    }
+    /* then the odd row out, if any, and row last */
+    const float *v = t < n ? values + t * ldv : last;
+    for (; t <= n; t++, v = last) {
+        for (int k = 0; k < LANES; k++) {
+            acc0[k] += w0[t] * v[k];
+            acc1[k] += w1[t] * v[LANES + k];
+            acc2[k] += w2[t] * v[2 * LANES + k];
+            acc3[k] += w3[t] * v[3 * LANES + k];
+        }
+    }
+    for (int k = 0; k < LANES; k++) {
+        out[k] = acc0[k] + odd0[k];
+        out[LANES + k] = acc1[k] + odd1[k];
+        out[2 * LANES + k] = acc2[k] + odd2[k];
+        out[3 * LANES + k] = acc3[k] + odd3[k];
+    }
+}
+
+/* out (d) = softmax(scale q_h . keys_h) @ values_h for every head h of one
+ * new position (qkv: its query, key and value, d = H hd each) that sees the
+ * n positions of a KV state, keys (d, n) rows ldk apart and values (n, d)
+ * rows ldv apart, and itself; att (H, n + 1) is scratch. Needs hd of at
+ * least LANES. A step spends most of its own time here, reading the state
+ * once: blocks of outputs keep their sums in registers, and a last partial
+ * block is the LANES outputs ending at the last one, overlapping the block
+ * before and writing the same values again. The new key and value are left
+ * for the caller to store: the state's lines are in cache once this has run,
+ * and a store before it would wait for each of them. */
+static void MODEL_KERNEL attend_forward(float *restrict out, const float *restrict qkv,
+                                        const float *restrict keys, size_t ldk,
+                                        const float *restrict values, size_t ldv, int H, int hd,
+                                        int n, float scale, float *restrict att) {
+    int d = H * hd, T = n + 1;
+    for (int h = 0; h < H; h++) {
+        float *att_h = att + (size_t)h * T;
+        const float *q_h = qkv + h * hd, *k_h = keys + (size_t)h * hd * ldk;
+        int t = 0;
+        for (; t + 4 * LANES <= n; t += 4 * LANES) keys_block4(att_h + t, q_h, k_h + t, ldk, hd);
+        for (; t < n && n >= LANES; t += LANES) {
+            int t0 = t + LANES <= n ? t : n - LANES;
+            keys_block(att_h + t0, q_h, k_h + t0, ldk, hd);
+        }
+        for (; t < n; t++) { /* fewer than LANES positions */
+            float s = 0;
+            for (int j = 0; j < hd; j++) s += q_h[j] * k_h[j * ldk + t];
+            att_h[t] = s;
+        }
+        att_h[n] = dot_forward(q_h, qkv + d + h * hd, hd);
+        softmax(att_h, T, scale);
+    }
+    const float *last = qkv + 2 * d;
+    int i = 0;
+    if (hd % LANES == 0) {
+        /* Blocks never straddle two heads: whole rows at a time. */
+        for (; i + 4 * LANES <= d; i += 4 * LANES) {
+            const float *w[4];
+            for (int b = 0; b < 4; b++) w[b] = att + (size_t)((i + b * LANES) / hd) * T;
+            values_block4(out + i, w, values + i, ldv, n, last + i);
+        }
+        for (; i < d; i += LANES)
+            values_block(out + i, att + (size_t)(i / hd) * T, values + i, ldv, n, last + i);
+        return;
+    }
+    for (int h = 0; h < H; h++)
+        for (i = 0; i < hd; i += LANES) {
+            int i0 = h * hd + (i + LANES <= hd ? i : hd - LANES);
+            values_block(out + i0, att + (size_t)h * T, values + i0, ldv, n, last + i0);
+        }
 }
 
 /* out (dim) += mean of attr_emb over rows[0..n), computed apart so that every
@@ -227,12 +541,26 @@ static void embed_forward(const model *m, const model_token *t, float *out) {
     for (int i = 0; i < d; i++) out[i] += ty[i];
 }
 
+/* Appends the rotated keys and the values of qkv's n rows (3*dim each) to
+ * layer l of kv, at positions kv->n... */
+static void kv_append(const model *m, model_kv *kv, int l, const float *qkv, int n) {
+    const model_config *c = &m->config;
+    int d = c->dim, W = c->window;
+    float *key = kv->key + (size_t)l * d * W;        /* (H, hd, W): (dim, W) */
+    float *value = kv->value + (size_t)l * W * d;    /* (W, dim) */
+    for (int i = 0; i < n; i++) {
+        const float *q = qkv + (size_t)i * 3 * d;
+        for (int j = 0; j < d; j++) key[(size_t)j * W + kv->n + i] = q[d + j];
+        memcpy(value + (size_t)(kv->n + i) * d, q + 2 * d, (size_t)d * sizeof *value);
+    }
+}
+
 /* Causal self-attention of layer l for one user whose n new positions are
  * rows [row, row + n) of rs->qkv, written to the same rows of rs->atty.
  * With a KV state, the rotated keys and the values of the new positions are
  * appended to it (positions kv->n...) and the queries attend to everything
  * it holds; without one, positions count from 0 and the queries attend to
- * these rows alone. */
+ * these rows alone. kv->n itself is the caller's to advance. */
 static void attention_forward(const model *m, model_runstate *rs, int l, model_kv *kv, int row,
                               int n) {
     const model_config *c = &m->config;
@@ -240,33 +568,33 @@ static void attention_forward(const model *m, model_runstate *rs, int l, model_k
     int n0 = kv ? kv->n : 0, T = n0 + n;  /* T: the keys the last new position sees */
     float *qkv = rs->qkv + (size_t)row * 3 * d;
     for (int i = 0; i < n; i++) rope_forward(m, qkv + (size_t)i * 3 * d, n0 + i);
+    float scale = 1.0f / sqrtf((float)hd);
+    float *atty = rs->atty + (size_t)row * d;
 
+    if (kv && n == 1 && hd >= LANES && (size_t)H * T <= (size_t)W * W) {
+        /* A step: one query against the state, a product too small for sgemm */
+        attend_forward(atty, qkv, kv->key + (size_t)l * d * W, (size_t)W,
+                       kv->value + (size_t)l * W * d, (size_t)d, H, hd, n0, scale, rs->att);
+        kv_append(m, kv, l, qkv, 1);
+        return;
+    }
     const float *keys, *values;
     int ldk, ldv, k_t;
     if (kv) {
-        float *key = kv->key + (size_t)l * H * hd * W;   /* (H, hd, W) */
-        float *value = kv->value + (size_t)l * W * d;     /* (W, dim) */
-        for (int i = 0; i < n; i++) {
-            const float *q = qkv + (size_t)i * 3 * d;
-            for (int j = 0; j < d; j++) key[(size_t)j * W + n0 + i] = q[d + j];
-            memcpy(value + (size_t)(n0 + i) * d, q + 2 * d, (size_t)d * sizeof *value);
-        }
-        keys = key, ldk = W, k_t = 0;
-        values = value, ldv = d;
+        kv_append(m, kv, l, qkv, n);
+        keys = kv->key + (size_t)l * d * W, ldk = W, k_t = 0;
+        values = kv->value + (size_t)l * W * d, ldv = d;
     } else {
         keys = qkv + d, ldk = 3 * d, k_t = 1;
         values = qkv + 2 * d, ldv = 3 * d;
     }
-
-    float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < H; h++) {
         /* att (n, T) = q_h (n, hd) @ k_h^T, then the causal softmax per row */
         const float *k_h = k_t ? keys + h * hd : keys + (size_t)h * hd * W;
         matmul(rs->att, qkv + h * hd, k_h, n, T, hd, 3 * d, ldk, T, k_t, 0.0f);
         for (int i = 0; i < n; i++) softmax_forward(rs->att + (size_t)i * T, n0 + i + 1, T, scale);
         /* atty_h (n, hd) = att (n, T) @ v_h (T, hd) */
-        matmul(rs->atty + (size_t)row * d + h * hd, rs->att, values + h * hd, n, hd, T, T, ldv, d,
-               0, 0.0f);
+        matmul(atty + h * hd, rs->att, values + h * hd, n, hd, T, T, ldv, d, 0, 0.0f);
     }
 }
 

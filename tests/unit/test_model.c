@@ -242,6 +242,51 @@ static void test_incremental_step_equals_full_recompute_at_every_position(void *
     model_close(m);
 }
 
+/* A step attends through blocks of 16 positions and 16 outputs, so its edges
+ * are head sizes that are not a multiple of 16 (24; 8, below a block), whole
+ * rows of four blocks (d = 64) or not (d = 48), states shorter than a block,
+ * a block and a part, four blocks and a part, and a state too wide for the
+ * scratch (W = 3, H = 4). The steps around each edge equal the full
+ * recompute, which attends through sgemm, and the 50th a plain
+ * double-precision model. */
+static void test_step_equals_full_recompute_for_every_head_size_and_length(void **unused) {
+    static const model_config shapes[] = {
+        {64, 1, 2, 70, 256, 300, 40, 6}, /* head 32, rows of 4 blocks */
+        {48, 1, 2, 70, 192, 300, 40, 6}, /* head 24 */
+        {48, 1, 1, 70, 192, 300, 40, 6}, /* head 48, 3 blocks a row */
+        {32, 1, 2, 70, 128, 300, 40, 6}, /* head 16 */
+        {16, 1, 2, 70, 64, 300, 40, 6},  /* head 8 */
+        {64, 1, 4, 3, 256, 300, 40, 6},  /* head 16, 4 heads of 3 positions */
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        const model_config *c = &shapes[s];
+        model *m = open_random(c, 40 + s);
+        model_runstate *rs = model_runstate_new(m, 1);
+        model_kv *kv = model_kv_new(m);
+        model_token toks[70];
+        random_tokens(c, toks, c->window);
+        float h[64], full[64], want[64];
+        double ref[64];
+        char err[256];
+        for (int t = 0; t < c->window; t++) {
+            assert_int_equal(model_step(m, rs, &kv, &toks[t], 1, h, err, sizeof err), 0);
+            int n = t + 1, edge = (n + 1) % 16 <= 2; /* n within one of a multiple of 16 */
+            if (n < 20 || edge || n == c->window) {
+                assert_int_equal(model_forward_full(m, rs, toks, n, full, err, sizeof err), 0);
+                assert_close(h, full, c->dim, TOL);
+            }
+            if (n == (c->window < RN ? c->window : RN)) {
+                reference_forward(m, toks, n, ref);
+                for (int i = 0; i < c->dim; i++) want[i] = (float)ref[i];
+                assert_close(h, want, c->dim, TOL);
+            }
+        }
+        model_kv_free(kv);
+        model_runstate_free(rs);
+        model_close(m);
+    }
+}
+
 static void test_batched_step_equals_each_user_stepped_alone(void **unused) {
     model *m = open_random(&SMALL, 2);
     enum { B = 6 };
@@ -678,6 +723,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_naive_computes_the_textbook_product),
         cmocka_unit_test(test_full_recompute_matches_a_plain_double_precision_reference),
         cmocka_unit_test(test_incremental_step_equals_full_recompute_at_every_position),
+        cmocka_unit_test(test_step_equals_full_recompute_for_every_head_size_and_length),
         cmocka_unit_test(test_batched_step_equals_each_user_stepped_alone),
         cmocka_unit_test(test_prefill_equals_stepping_one_by_one),
         cmocka_unit_test(test_window_positions_follow_the_rebuild_policy),
