@@ -14,9 +14,11 @@
  * Nothing here is thread-safe: a run state and the KV states it advances
  * belong to one thread; the model itself is immutable and may be shared.
  *
- * Every matrix product goes through matmul(), OpenBLAS's sgemm, which has a
- * plain C twin, matmul_naive(), for the tests. Matrices are row-major; a
- * weight w of shape (in, out) maps a row x (in) to x @ w (out). */
+ * Every product with weight matrices goes through matmul() (OpenBLAS's sgemm
+ * for many rows), which has a plain C twin, matmul_naive(), for the tests; a
+ * step's attention over a user's cached keys and values has its own kernel.
+ * Matrices are row-major; a weight w of shape (in, out) maps a row x (in) to
+ * x @ w (out). */
 #ifndef COPYSTREAM_MODEL_H
 #define COPYSTREAM_MODEL_H
 
