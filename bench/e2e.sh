@@ -27,11 +27,7 @@ DIR=run/bench
 
 trap 'scripts/services.sh stop --dir "$DIR" >/dev/null 2>&1 || true' EXIT
 scripts/services.sh start --dir "$DIR" >/dev/null
-# shellcheck disable=SC1091
-. "$DIR/services.env"
-export COPYSTREAM_KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP
-export COPYSTREAM_REDIS_HOST=$REDIS_HOST COPYSTREAM_REDIS_PORT=$REDIS_PORT
-export COPYSTREAM_HTTP_PORT=0 COPYSTREAM_LOG_LEVEL=warn
+use_services "$DIR"
 
 "$BIN" topics
 COPYSTREAM_TOPIC_COPY=passthrough "$BIN" topics

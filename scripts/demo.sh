@@ -31,11 +31,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 start=$(date +%s.%N)
 step "starting a Kafka broker (KRaft, single node) and Redis on free loopback ports"
 scripts/services.sh start --dir "$DIR"
-# shellcheck disable=SC1091
-. "$DIR/services.env"
-export COPYSTREAM_KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP
-export COPYSTREAM_REDIS_HOST=$REDIS_HOST COPYSTREAM_REDIS_PORT=$REDIS_PORT
-export COPYSTREAM_HTTP_PORT=0 COPYSTREAM_LOG_LEVEL=warn
+use_services "$DIR"
 echo "kafka $KAFKA_BOOTSTRAP, redis $REDIS_HOST:$REDIS_PORT, logs in $DIR"
 
 step "creating topics and loading the sample catalog (zh-CN and en-US)"

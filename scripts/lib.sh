@@ -30,3 +30,13 @@ openblas_env() {
         fi
     fi
 }
+
+# Points copystream's configuration at the broker and Redis that services.sh started in DIR,
+# with the HTTP server off and quiet logs: what the demo and the benchmarks run against.
+use_services() {
+    # shellcheck disable=SC1091
+    . "$1/services.env"
+    export COPYSTREAM_KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP
+    export COPYSTREAM_REDIS_HOST=$REDIS_HOST COPYSTREAM_REDIS_PORT=$REDIS_PORT
+    export COPYSTREAM_HTTP_PORT=0 COPYSTREAM_LOG_LEVEL=warn
+}
