@@ -54,9 +54,6 @@ typedef struct store store;
 store *store_new(const config *c, char *errstr, size_t errlen);
 void store_free(store *st);
 
-/* Appends the hash key of user_id to out. */
-void store_user_key(const store *st, const char *user_id, buf *out);
-
 /* Reads the hashes of n users in one pipelined round trip and decodes each
  * into states[i], which must be initialised and empty. A user without a hash
  * gets an empty state with version 0. A malformed hash is STORE_FATAL with
@@ -108,10 +105,5 @@ typedef void (*store_outbox_fn)(const char *user_id, size_t user_len, int64_t of
 store_status store_outbox_scan(store *st, int32_t partition, int64_t below, store_outbox_fn fn,
                                void *ud, char *errstr, size_t errlen);
 
-/* PING, for health checks and reconnection after an outage. */
-store_status store_ping(store *st, char *errstr, size_t errlen);
-
-/* Round trips made so far (each pipelined batch counts once). */
-uint64_t store_round_trips(const store *st);
 
 #endif

@@ -41,7 +41,6 @@ struct store {
     char *prefix;
     int64_t ttl_s;
     char sha[41];             /* of store_write_lua */
-    uint64_t round_trips;
     /* replies owed by store_write_send(), read by store_write_wait() */
     size_t pending;
     int64_t *pend_expect;     /* [pending] version a write expects, -1: not a write */
@@ -189,7 +188,7 @@ void store_free(store *st) {
     free(st);
 }
 
-void store_user_key(const store *st, const char *user_id, buf *out) {
+static void store_user_key(const store *st, const char *user_id, buf *out) {
     buf_printf(out, "%s:u:{", st->prefix);
     if (strpbrk(user_id, "{}"))
         buf_printf(out, "#%016" PRIx64, util_hash(user_id));
@@ -216,7 +215,6 @@ static int store_argv_reserve(store *st, size_t n) {
  * (caller frees each non-NULL). */
 static store_status store_read_replies(store *st, redisReply **replies, size_t n, char *errstr,
                                        size_t errlen) {
-    st->round_trips++;
     for (size_t i = 0; i < n; i++) {
         void *r = NULL;
         if (redisGetReply(st->ctx, &r) != REDIS_OK) {
@@ -504,7 +502,6 @@ store_status store_write_wait(store *st, size_t *conflicts, char *errstr, size_t
     if (!st->ctx) /* lost since the send */
         return util_err(errstr, errlen, "redis %s:%d: connection lost", st->host, st->port),
                STORE_RETRY;
-    st->round_trips++;
     for (size_t k = 0; k < n; k++) {
         redisReply *r = NULL;
         if (redisGetReply(st->ctx, (void **)&r) != REDIS_OK) {
@@ -562,7 +559,6 @@ store_status store_outbox_scan(store *st, int32_t partition, int64_t below, stor
     const char *argv[4] = {"ZRANGEBYSCORE", st->keys.p, "-inf", max};
     size_t argvlen[4] = {13, st->keys.len, 4, strlen(max)};
     redisReply *r = store_command(st, &status, errstr, errlen, 4, argv, argvlen);
-    st->round_trips++;
     if (!r) return status;
     if (r->type != REDIS_REPLY_ARRAY) {
         freeReplyObject(r);
@@ -578,18 +574,3 @@ store_status store_outbox_scan(store *st, int32_t partition, int64_t below, stor
     freeReplyObject(r);
     return STORE_OK;
 }
-
-store_status store_ping(store *st, char *errstr, size_t errlen) {
-    if (store_check_idle(st, errstr, errlen) != STORE_OK) return STORE_FATAL;
-    store_status status = store_connect(st, errstr, errlen);
-    if (status != STORE_OK) return status;
-    const char *argv[1] = {"PING"};
-    size_t argvlen[1] = {4};
-    redisReply *r = store_command(st, &status, errstr, errlen, 1, argv, argvlen);
-    if (!r) return status;
-    freeReplyObject(r);
-    st->round_trips++;
-    return STORE_OK;
-}
-
-uint64_t store_round_trips(const store *st) { return st->round_trips; }
