@@ -26,6 +26,10 @@
 #include <stdint.h>
 
 #define MODEL_FORMAT_VERSION 1
+/* What the forward pass is made of, shared with the trainer (train.c), which
+ * must compute the very same function. */
+#define MODEL_ROPE_THETA 10000.0
+#define MODEL_LN_EPS 1e-5f
 
 typedef struct {
     int dim;        /* d, the width of every position's vector */
@@ -215,6 +219,13 @@ void matmul(float *out, const float *a, const float *b, int m, int n, int k, int
 /* The same in plain loops, for the tests. */
 void matmul_naive(float *out, const float *a, const float *b, int m, int n, int k, int lda,
                   int ldb, int ldo, int b_t, float beta);
+
+/* The trainer's weight gradients: out (m, n) = a^T @ b for a (k, m) and b
+ * (k, n), with lda, ldb, ldo and beta as in matmul(). */
+void matmul_at(float *out, const float *a, const float *b, int m, int n, int k, int lda, int ldb,
+               int ldo, float beta);
+void matmul_at_naive(float *out, const float *a, const float *b, int m, int n, int k, int lda,
+                     int ldb, int ldo, float beta);
 
 /* Writing models: the trainer's output and the tests' input. */
 

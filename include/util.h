@@ -20,6 +20,11 @@ int64_t util_monotonic_us(void);    /* for measuring durations */
 int util_err(char *errstr, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A point in time given by a person: Unix milliseconds ("1764547200000") or
+ * UTC ISO 8601 ("2026-12-01", "2026-12-01T08:30:00Z", with optional
+ * fractional seconds). Returns 0 with *ms, or -1 for anything else. */
+int util_parse_time(const char *s, int64_t *ms);
+
 /* strdup that treats NULL as NULL. */
 char *util_strdup(const char *s);
 

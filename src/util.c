@@ -1,5 +1,5 @@
 /* util.c -- shared helpers; see util.h. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 #include "util.h"
 
 #include <stdarg.h>
@@ -36,3 +36,36 @@ int util_err(char *errstr, size_t errlen, const char *fmt, ...) {
 }
 
 char *util_strdup(const char *s) { return s ? strdup(s) : NULL; }
+
+int util_parse_time(const char *s, int64_t *ms) {
+    if (!s || !*s) return -1;
+    const char *p = s;
+    while (*p >= '0' && *p <= '9') p++;
+    if (!*p && p - s <= 15) {
+        *ms = strtoll(s, NULL, 10);
+        return 0;
+    }
+    struct tm tm = {0};
+    int n = 0, frac_ms = 0;
+    if (sscanf(s, "%4d-%2d-%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &n) != 3 || n != 10)
+        return -1;
+    p = s + n;
+    if (*p == 'T' || *p == ' ') {
+        int m = 0;
+        if (sscanf(p + 1, "%2d:%2d:%2d%n", &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &m) != 3 || m != 8)
+            return -1;
+        p += 1 + m;
+        if (*p == '.') {
+            int scale = 100;
+            for (p++; *p >= '0' && *p <= '9'; p++, scale /= 10) frac_ms += (*p - '0') * scale;
+        }
+        if (*p++ != 'Z') return -1;
+    }
+    if (*p || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
+        tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 60)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    *ms = (int64_t)timegm(&tm) * 1000 + frac_ms;
+    return 0;
+}
