@@ -43,6 +43,10 @@ all: $(BIN) $(UNIT_BINS) $(BENCH_BINS) $(TOOL_BINS)
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# The trainer's loops are written plainly, over any length; GCC vectorizes
+# such loops only with -O3's cost model, and sqrtf only without errno.
+$(BUILD)/obj/train.o: OPT += -O3 -fno-math-errno
+
 $(LIB): $(OBJS)
 	rm -f $@ && ar rcs $@ $^
 

@@ -74,7 +74,9 @@ double trainer_epoch(trainer *t, int epoch, train_progress_fn progress, void *ct
 void trainer_evaluate(trainer *t, train_split split, train_metrics *out);
 
 /* Writes the current weights as a model file with the dataset's item and
- * attribute tables. Returns 0 or -1 with errstr. */
+ * attribute tables, stamped with the time of training (SOURCE_DATE_EPOCH
+ * when set, so that a run can be reproduced byte for byte). Returns 0 or -1
+ * with errstr. */
 int trainer_write(const trainer *t, const char *path, char *errstr, size_t errlen);
 
 /* Copies the weights into, or from, a flat buffer in model_weights_point()

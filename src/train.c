@@ -936,12 +936,16 @@ void trainer_evaluate(trainer *t, train_split split, train_metrics *out) {
 
 int trainer_write(const trainer *t, const char *path, char *errstr, size_t errlen) {
     const dataset *ds = t->ds;
+    /* The reproducible-builds convention: with SOURCE_DATE_EPOCH set, the
+     * same training gives the same file, byte for byte. */
+    const char *epoch = getenv("SOURCE_DATE_EPOCH");
+    uint64_t trained_s = epoch && *epoch ? strtoull(epoch, NULL, 10) : (uint64_t)time(NULL);
     model_tables tab = {
         .item_ids = (const char *const *)ds->item_ids,
         .attr_ids = (const char *const *)ds->attr_ids,
         .item_attr_off = ds->item_attr_off,
         .item_attr_rows = ds->item_attr_rows,
-        .trained_s = (uint64_t)time(NULL),
+        .trained_s = trained_s,
     };
     return model_write(path, &t->c, t->params, &tab, errstr, errlen);
 }
