@@ -8,6 +8,8 @@
 #   make demo       clickstream in, personalized copy out, end to end
 #   make bench      end-to-end throughput against a passthrough ceiling
 #   make bench-inference   the Transformer engine's step, batch and scoring costs
+#   make bench-train       training throughput against plain sgemm
+#   make bench-beauty      train and evaluate on Amazon Beauty (../shared/data)
 #
 # BUILD selects the output folder, SAN adds sanitizer flags; `make asan` sets both.
 
@@ -36,7 +38,8 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 TOOL_SRCS  := $(wildcard tests/tools/*.c)
 TOOL_BINS  := $(TOOL_SRCS:tests/tools/%.c=$(BUILD)/tools/%)
 
-.PHONY: all deps test unit integration asan valgrind demo bench bench-inference clean
+.PHONY: all deps test unit integration asan valgrind demo bench bench-inference bench-train \
+        bench-beauty clean
 
 all: $(BIN) $(UNIT_BINS) $(BENCH_BINS) $(TOOL_BINS)
 
@@ -103,6 +106,16 @@ bench: deps
 # vs plain sgemm, scoring the Amazon Beauty catalog size. Needs no services.
 bench-inference: $(BUILD)/bench/inference
 	bash -c '. scripts/lib.sh && openblas_env && exec $(BUILD)/bench/inference --threads 1'
+
+# The trainer's step against plain sgemm on the same products, on a dataset
+# shaped like Amazon Beauty; BENCH_ARGS adds options (--threads 1, --negatives 0).
+bench-train: $(BUILD)/bench/train
+	bash -c '. scripts/lib.sh && openblas_env && exec $(BUILD)/bench/train $(BENCH_ARGS)'
+
+# `copystream train` with its defaults on Amazon Beauty, then `copystream
+# eval` on the test split: the figures docs/MODEL.md records.
+bench-beauty: $(BIN)
+	bench/beauty.sh $(BUILD)
 
 clean:
 	rm -rf build build-asan

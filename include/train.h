@@ -68,6 +68,15 @@ typedef void (*train_progress_fn)(void *ctx, int step, int steps, double loss, u
  * position. */
 double trainer_epoch(trainer *t, int epoch, train_progress_fn progress, void *ctx);
 
+/* One AdamW step on the training sequences of users[0..n); *rows gets the
+ * number of positions they hold. Returns the mean loss per position. */
+double trainer_step(trainer *t, const int32_t *users, int n, int *rows);
+
+/* The floating-point operations of the products of every step so far
+ * (projections, feed-forward, attention and the loss head, forward and
+ * backward): what training throughput is measured in. */
+double trainer_flops(const trainer *t);
+
 /* Full-ranking metrics of the split's targets (every item the user had
  * before the target is excluded), computed by the trainer's own forward
  * pass without dropout. */

@@ -151,6 +151,7 @@ struct trainer {
     uint8_t *row_type;                 /* (rmax) */
     int *row_pos;                      /* (rmax) position in its sequence */
     uint64_t step;                     /* optimizer steps so far; keys dropout and negatives */
+    double flops;                      /* of the steps so far (tr_batch_flops) */
     int dropout_on;
     /* the loss head */
     float *logits;                     /* (TR_CHUNK, max(n_items, negatives)) */
@@ -869,21 +870,46 @@ double trainer_epoch(trainer *t, int epoch, train_progress_fn progress, void *ct
     uint64_t positions = 0;
     for (int s = 0; s < steps; s++) {
         int m = n - s * t->p.batch < t->p.batch ? n - s * t->p.batch : t->p.batch;
-        tr_batch_train(t, t->order + (size_t)s * t->p.batch, m);
-        t->dropout_on = 1;
-        if (t->p.negatives) tr_draw_negatives(t);
-        tr_forward(t);
-        memset(t->grads, 0, t->n_params * sizeof *t->grads);
-        loss += tr_loss(t, t->rows, 1);
-        tr_backward(t);
-        tr_adamw(t);
-        t->dropout_on = 0;
-        t->step++;
-        positions += (uint64_t)t->rows;
+        int rows;
+        loss += trainer_step(t, t->order + (size_t)s * t->p.batch, m, &rows) * rows;
+        positions += (uint64_t)rows;
         if (progress) progress(ctx, s + 1, steps, loss / (double)positions, positions);
     }
     return positions ? loss / (double)positions : 0;
 }
+
+/* The multiply-adds of the batch's products, twice: the forward pass's, and
+ * the backward pass's, which are twice as many (one product for the input's
+ * gradient, one for the weights'). */
+static double tr_batch_flops(const trainer *t) {
+    const model_config *c = &t->c;
+    double d = c->dim, hid = c->hidden, hd = d / c->n_heads, cols = t->p.negatives ? t->p.negatives + 1 : c->n_items;
+    double per_row = 2 * (d * 3 * d + d * d + 2 * d * hid) * c->n_layers + 2 * d * cols;
+    double att = 0;
+    for (int s = 0; s < t->n_seqs; s++) {
+        double n = t->seqs[s].n;
+        att += 2 * 2 * (n * (n + 1) / 2) * hd * c->n_heads * c->n_layers;
+    }
+    return 3 * (per_row * t->rows + att);
+}
+
+double trainer_step(trainer *t, const int32_t *users, int n, int *rows) {
+    *rows = tr_batch_train(t, users, n);
+    if (!*rows) return 0;
+    t->dropout_on = 1;
+    if (t->p.negatives) tr_draw_negatives(t);
+    tr_forward(t);
+    memset(t->grads, 0, t->n_params * sizeof *t->grads);
+    double loss = tr_loss(t, t->rows, 1);
+    tr_backward(t);
+    tr_adamw(t);
+    t->dropout_on = 0;
+    t->step++;
+    t->flops += tr_batch_flops(t);
+    return loss / t->rows;
+}
+
+double trainer_flops(const trainer *t) { return t->flops; }
 
 void trainer_user_state(trainer *t, int32_t u, uint64_t lo, uint64_t hi, float *h) {
     tr_batch_reset(t, 0);
@@ -959,6 +985,7 @@ typedef struct {
     int64_t start_us, epoch_start_us;
     double best_ndcg;
     int best_epoch;
+    double best_s;        /* when the best epoch ended, from the start of training */
     double last_ndcg;
 } train_ui;
 
@@ -1153,6 +1180,7 @@ int train_main(int argc, char **argv) {
         if (better) {
             ui.best_ndcg = m.ndcg[1];
             ui.best_epoch = e;
+            ui.best_s = (double)(util_monotonic_us() - ui.start_us) / 1e6;
             trainer_get_weights(t, best);
         }
         if (ui.tty) fputc('\n', stderr);
@@ -1166,7 +1194,7 @@ int train_main(int argc, char **argv) {
         }
     }
     trainer_set_weights(t, best);
-    printf("best epoch %d (%.0f s of training)\n", ui.best_epoch,
+    printf("best epoch %d reached at %.0f s; training took %.0f s\n", ui.best_epoch, ui.best_s,
            (double)(util_monotonic_us() - ui.start_us) / 1e6);
     trainer_evaluate(t, TRAIN_SPLIT_VALID, &m);
     train_print_metrics("valid (full ranking)", &m);
