@@ -80,6 +80,8 @@ static const cfg_decl cfg_decls[] = {
     {"redis.port", CFG_INT, "6379", 1, 65535, NULL, 0, "Redis server port"},
     {"redis.user", CFG_STRING, "", 0, 0, NULL, 0, "ACL user; empty = the default user"},
     {"redis.password", CFG_STRING, "", 0, 0, NULL, CFG_SECRET, "AUTH password; empty = none"},
+    {"redis.password_file", CFG_STRING, "", 0, 0, NULL, 0,
+     "file whose first line is the AUTH password, instead of redis.password"},
     {"redis.db", CFG_INT, "0", 0, 15, NULL, 0, "logical database number"},
     {"redis.timeout_ms", CFG_INT, "2000", 10, 600000, NULL, 0, "connect and command timeout"},
     {"redis.key_prefix", CFG_STRING, "cs", 0, 0, NULL, CFG_NONEMPTY,
