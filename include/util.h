@@ -20,6 +20,12 @@ int64_t util_monotonic_us(void);    /* for measuring durations */
 int util_err(char *errstr, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Replaces every occurrence of secret in the NUL-terminated s (cap bytes
+ * of room) with "***", so that a message that quotes a value can be shown
+ * without it. A non-empty secret shorter than three bytes still goes; what
+ * would not fit in cap is cut. */
+void util_redact(char *s, size_t cap, const char *secret);
+
 /* strdup that treats NULL as NULL. */
 char *util_strdup(const char *s);
 

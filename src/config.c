@@ -342,6 +342,10 @@ static int kafka_check(const char *name, const char *value, char *why, size_t wh
     char rderr[512];
     if (rd_kafka_conf_set(scratch, name, value, rderr, sizeof rderr) != RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(scratch);
+        /* librdkafka quotes some refused values; never a secret's. */
+        char key[256];
+        snprintf(key, sizeof key, "%s%s", KAFKA_PREFIX, name);
+        if (config_is_secret(key)) util_redact(rderr, sizeof rderr, value);
         size_t len = strlen(rderr);
         while (len && isspace((unsigned char)rderr[len - 1])) rderr[--len] = '\0';
         return util_err(why, whylen, "librdkafka: %s", rderr);
