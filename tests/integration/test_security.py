@@ -242,6 +242,8 @@ def test_redis_acl_user_from_a_password_file_reauthenticates_after_reconnecting(
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0, d.log(p)
         assert len(d.copies()) == 8
+        # The user has only the command categories docs/SECURITY.md lists.
+        assert "NOPERM" not in d.log(p), d.log(p)
         assert_secret_free(d.log(p), auth_redis["acl_password"], auth_redis["password"])
     finally:
         d.stop_all()
@@ -257,3 +259,15 @@ def test_acl_user_is_really_required_to_authenticate(auth_redis):
         pass
     finally:
         anon.close()
+
+
+def test_sasl_password_stays_out_of_librdkafka_debug_output(env, sasl):
+    """Even at kafka.debug=all with log.level=debug, where librdkafka prints every property
+    it was given, the password is shown as [redacted]."""
+    d = cs.Deployment(env, **sasl_config(sasl))
+    try:
+        r = d.run(["topics"], COPYSTREAM_KAFKA_DEBUG="all", COPYSTREAM_LOG_LEVEL="debug")
+        assert "sasl.password = [redacted]" in r.stderr, r.stderr[-3000:]
+        assert_secret_free(r.stdout + r.stderr, sasl["password"])
+    finally:
+        d.stop_all()
