@@ -61,7 +61,18 @@ int kafka_create_topics(const config *c, char *errstr, size_t errlen);
 int kafka_producer_prepare(rd_kafka_t *p, const char *const *topics, size_t n, int timeout_ms,
                            char *errstr, size_t errlen);
 
-/* The number of partitions of a topic, or -1 with errstr. */
+/* Waits until a broker has let rk in (connected, and authenticated when
+ * kafka.security.protocol asks for it), for at most timeout_ms. Returns 0;
+ * or -1 with errstr as soon as any client of the process reports an
+ * authentication or TLS failure while it waits (librdkafka's reason, which
+ * never holds the password, and the keys to check), or at the timeout. Serves rk's events
+ * while waiting, so a consumer must not have been subscribed or assigned
+ * yet: a message polled here would be dropped. */
+int kafka_await_broker(rd_kafka_t *rk, int timeout_ms, char *errstr, size_t errlen);
+
+/* The number of partitions of a topic, or -1 with errstr. Awaits the broker
+ * first (kafka_await_broker), so an authentication failure is reported as
+ * such. */
 int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms,
                           char *errstr, size_t errlen);
 

@@ -25,6 +25,12 @@ int util_err(char *errstr, size_t errlen, const char *fmt, ...)
  * fractional seconds). Returns 0 with *ms, or -1 for anything else. */
 int util_parse_time(const char *s, int64_t *ms);
 
+/* Replaces every occurrence of secret in the NUL-terminated s (cap bytes
+ * of room) with "***", so that a message that quotes a value can be shown
+ * without it. A non-empty secret shorter than three bytes still goes; what
+ * would not fit in cap is cut. */
+void util_redact(char *s, size_t cap, const char *secret);
+
 /* strdup that treats NULL as NULL. */
 char *util_strdup(const char *s);
 

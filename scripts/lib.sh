@@ -39,4 +39,6 @@ use_services() {
     export COPYSTREAM_KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP
     export COPYSTREAM_REDIS_HOST=$REDIS_HOST COPYSTREAM_REDIS_PORT=$REDIS_PORT
     export COPYSTREAM_HTTP_PORT=0 COPYSTREAM_LOG_LEVEL=warn
+    # services.sh start --redis-auth: Redis wants the default user's password.
+    if [ -n "${REDIS_PASSWORD:-}" ]; then export COPYSTREAM_REDIS_PASSWORD=$REDIS_PASSWORD; fi
 }

@@ -2,15 +2,27 @@
 # Runs a throwaway single-node Kafka broker (KRaft, from the jars kafka-fetch.sh put in .cache)
 # and a Redis on free loopback ports, for the integration tests, the demo and the bench.
 #
-#   services.sh start [--dir DIR] [--redis-aof]   fresh, empty Kafka and Redis; DIR/services.env
-#   services.sh stop [--dir DIR]                  stop both, keeping their logs
-#   services.sh status [--dir DIR]                exit status 0 when both are running
+#   services.sh start [--dir DIR] [--redis-aof] [--redis-auth]   fresh, empty Kafka and Redis
+#   services.sh start-redis [--dir DIR] [--redis-aof] [--redis-auth]   only a fresh Redis
+#   services.sh stop [--dir DIR]                  stop what runs there, keeping the logs
+#   services.sh status [--dir DIR]                exit status 0 when all that was started runs
 #   services.sh restart-kafka [--dir DIR]         stop and start again, same ports and data
 #   services.sh restart-redis [--dir DIR]         likewise (data survives only with --redis-aof)
 #
 # DIR (default run/) holds everything of one pair: configs, data, pid files, kafka.log, redis.log
 # and services.env, which bash can source:
 #   KAFKA_BOOTSTRAP=127.0.0.1:P  REDIS_HOST=127.0.0.1  REDIS_PORT=R  SERVICES_DIR=DIR
+#   KAFKA_SASL_BOOTSTRAP=127.0.0.1:S  KAFKA_SASL_MECHANISM=PLAIN
+#   KAFKA_SASL_USER=copystream  KAFKA_SASL_PASSWORD=<random>
+# and, with --redis-auth (Redis then refuses clients that do not authenticate):
+#   REDIS_PASSWORD=<random>        the default user's password (requirepass)
+#   REDIS_ACL_USER=copystream  REDIS_ACL_PASSWORD=<random>   an ACL user with the commands
+#                                  copystream needs (docs/SECURITY.md), on all keys
+# The broker always has the SASL_PLAINTEXT listener with SASL/PLAIN beside the PLAINTEXT one:
+# it costs one more acceptor thread and no measurable start-up time, and a second broker only
+# for the SASL tests would cost a JVM (~0.5 GB) and seconds on every run. Passwords are new
+# random strings at every start, so a test can search output for them without false matches.
+# start-redis starts a Redis alone, e.g. a second one with --redis-auth beside a pair.
 # Pairs in different DIRs run side by side without sharing anything.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -24,16 +36,18 @@ cmd=${1:-}
 (($#)) && shift
 dir=$ROOT/run
 aof=no
+redis_auth=no
 while (($#)); do
     case $1 in
         --dir) (($# >= 2)) || usage; dir=$2; shift 2 ;;
         --dir=*) dir=${1#--dir=}; shift ;;
         --redis-aof) aof=yes; shift ;;
+        --redis-auth) redis_auth=yes; shift ;;
         *) usage ;;
     esac
 done
 case $cmd in
-    start | stop | status | restart-kafka | restart-redis) ;;
+    start | start-redis | stop | status | restart-kafka | restart-redis) ;;
     *) usage ;;
 esac
 mkdir -p "$dir"
@@ -110,20 +124,31 @@ while True:
         break'
 }
 
-write_configs() {
-    local kport=$1 cport=$2 rport=$3
-    mkdir -p "$dir/kafka/data" "$dir/redis"
+# A random password: hex, so that it needs no quoting in a properties file, JAAS or redis.conf.
+new_password() {
+    od -An -N12 -tx1 /dev/urandom | tr -d ' \n'
+}
+
+# The broker's properties; $dir/services.env.new gets its lines. With SASL/PLAIN on listener
+# SASL the users are those of the JAAS line: user_<name>="<password>". The controller and
+# inter-broker traffic stay on PLAINTEXT, so the broker itself needs no credentials.
+write_kafka_config() {
+    local kport=$1 cport=$2 sport=$3 sasl_user=copystream sasl_password
+    sasl_password=$(new_password)
+    mkdir -p "$dir/kafka/data"
     # Small segments and short retention keep a long bench from filling the disk; a low minimum
     # session timeout lets failover tests use short consumer session timeouts.
     cat >"$dir/kafka/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$kport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$kport
+listeners=PLAINTEXT://127.0.0.1:$kport,SASL://127.0.0.1:$sport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$kport,SASL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.name.sasl.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user="$sasl_password";
 log.dirs=$dir/kafka/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -149,6 +174,22 @@ log4j.appender.file.Append=true
 log4j.appender.file.layout=org.apache.log4j.PatternLayout
 log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
 EOF
+    {
+        printf 'KAFKA_BOOTSTRAP=%q\n' "127.0.0.1:$kport"
+        printf 'KAFKA_SASL_BOOTSTRAP=%q\n' "127.0.0.1:$sport"
+        printf 'KAFKA_SASL_MECHANISM=PLAIN\n'
+        printf 'KAFKA_SASL_USER=%q\n' "$sasl_user"
+        printf 'KAFKA_SASL_PASSWORD=%q\n' "$sasl_password"
+    } >>"$dir/services.env.new"
+}
+
+# Redis' config; $dir/services.env.new gets its lines. With --redis-auth the default user needs
+# a password (requirepass) and there is an ACL user too, so clients of either kind can be tried;
+# the ACL user gets only the command categories docs/SECURITY.md tells operators to grant, so the
+# tests that run as it check that advice.
+write_redis_config() {
+    local rport=$1 password acl_user=copystream acl_password
+    mkdir -p "$dir/redis"
     # Without AOF, a restart loses everything, which is what "Redis lost its data" tests need.
     cat >"$dir/redis/redis.conf" <<EOF
 bind 127.0.0.1
@@ -161,11 +202,21 @@ dir $dir/redis
 logfile $dir/redis.log
 EOF
     {
-        printf 'KAFKA_BOOTSTRAP=%q\n' "127.0.0.1:$kport"
         printf 'REDIS_HOST=%q\n' 127.0.0.1
         printf 'REDIS_PORT=%q\n' "$rport"
-        printf 'SERVICES_DIR=%q\n' "$dir"
-    } >"$dir/services.env.new"
+    } >>"$dir/services.env.new"
+    [[ $redis_auth == yes ]] || return 0
+    password=$(new_password)
+    acl_password=$(new_password)
+    cat >>"$dir/redis/redis.conf" <<EOF
+requirepass $password
+user $acl_user on >$acl_password ~* +@read +@write +@scripting +select -@dangerous
+EOF
+    {
+        printf 'REDIS_PASSWORD=%q\n' "$password"
+        printf 'REDIS_ACL_USER=%q\n' "$acl_user"
+        printf 'REDIS_ACL_PASSWORD=%q\n' "$acl_password"
+    } >>"$dir/services.env.new"
 }
 
 # An array, not a function: `function &` would fork a shell and the pid file would name it.
@@ -198,11 +249,13 @@ wait_kafka() {
     return 1
 }
 
+# $2: the default user's password, if Redis wants one. REDISCLI_AUTH keeps it off the command line.
 wait_redis() {
-    local port=$1 deadline=$((SECONDS + 60))
+    local port=$1 password=${2:-} deadline=$((SECONDS + 60))
     while ((SECONDS < deadline)); do
         redis_pid >/dev/null || return 1
-        [[ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" == PONG ]] && return 0
+        [[ "$(REDISCLI_AUTH=$password redis-cli --no-auth-warning -h 127.0.0.1 -p "$port" ping \
+            2>/dev/null)" == PONG ]] && return 0
         sleep 0.1
     done
     return 1
@@ -218,34 +271,48 @@ log_size() {
     stat -c %s "$dir/$1.log" 2>/dev/null || echo 0
 }
 
-env_port() {
+# The value of NAME in services.env (or, with $2 = .new, in the one being written).
+env_value() {
     local line
-    line=$(grep "^$1=" "$dir/services.env" 2>/dev/null) || die "no services were started in $dir"
-    echo "${line##*[=:]}"
+    line=$(grep "^$1=" "$dir/services.env${2:-}" 2>/dev/null) || return 1
+    echo "${line#*=}"
 }
 
+env_port() {
+    local value
+    value=$(env_value "$1") || die "no services were started in $dir"
+    echo "${value##*:}"
+}
+
+# $1 = kafka: the broker and Redis; redis: Redis alone.
 start() {
-    local attempt kport cport rport failed
+    local what=$1 attempt kport cport sport rport failed
     if kafka_pid >/dev/null || redis_pid >/dev/null; then
         die "services already running in $dir (services.sh stop --dir $dir)"
     fi
-    [[ -f $KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar ]] || "$ROOT/scripts/kafka-fetch.sh"
+    [[ $what == redis || -f $KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar ]] ||
+        "$ROOT/scripts/kafka-fetch.sh"
     rm -f "$dir/services.env"
     # Another process may take a port between our check and the servers' bind: try new ports.
     for attempt in 1 2 3; do
-        read -r kport cport rport < <(free_ports 3)
+        read -r rport kport cport sport < <(free_ports 4)
         rm -rf "$dir/kafka" "$dir/redis"
-        : >"$dir/kafka.log"
         : >"$dir/redis.log"
-        write_configs "$kport" "$cport" "$rport"
-        "${kafka_java[@]}" kafka.tools.StorageTool format -t "$(kafka_cluster_id)" \
-            -c "$dir/kafka/server.properties" </dev/null >>"$dir/kafka.log" 2>&1 ||
-            { show_failure kafka; return 1; }
-        launch_kafka
+        : >"$dir/services.env.new"
+        write_redis_config "$rport"
+        if [[ $what == kafka ]]; then
+            : >"$dir/kafka.log"
+            write_kafka_config "$kport" "$cport" "$sport"
+            "${kafka_java[@]}" kafka.tools.StorageTool format -t "$(kafka_cluster_id)" \
+                -c "$dir/kafka/server.properties" </dev/null >>"$dir/kafka.log" 2>&1 ||
+                { show_failure kafka; return 1; }
+            launch_kafka
+        fi
+        printf 'SERVICES_DIR=%q\n' "$dir" >>"$dir/services.env.new"
         launch_redis
-        if ! wait_redis "$rport"; then
+        if ! wait_redis "$rport" "$(env_value REDIS_PASSWORD .new)"; then
             failed=redis
-        elif ! wait_kafka 0 "$kport"; then
+        elif [[ $what == kafka ]] && ! wait_kafka 0 "$kport"; then
             failed=kafka
         else
             mv "$dir/services.env.new" "$dir/services.env"
@@ -276,12 +343,14 @@ restart_redis() {
     port=$(env_port REDIS_PORT)
     stop_one redis
     launch_redis
-    wait_redis "$port" || { show_failure redis; stop_one redis; return 1; }
+    wait_redis "$port" "$(env_value REDIS_PASSWORD)" || { show_failure redis; stop_one redis; return 1; }
 }
 
+# Only what was started counts: a folder of start-redis has no broker to miss.
 status() {
     local name pid rc=0
     for name in kafka redis; do
+        [[ -d $dir/$name ]] || continue
         if pid=$("${name}_pid"); then
             echo "$name: running (pid $pid)"
         else
@@ -294,7 +363,8 @@ status() {
 }
 
 case $cmd in
-    start) start ;;
+    start) start kafka ;;
+    start-redis) start redis ;;
     stop) stop_one kafka; stop_one redis ;;
     status) status ;;
     restart-kafka) restart_kafka ;;

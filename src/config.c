@@ -80,6 +80,8 @@ static const cfg_decl cfg_decls[] = {
     {"redis.port", CFG_INT, "6379", 1, 65535, NULL, 0, "Redis server port"},
     {"redis.user", CFG_STRING, "", 0, 0, NULL, 0, "ACL user; empty = the default user"},
     {"redis.password", CFG_STRING, "", 0, 0, NULL, CFG_SECRET, "AUTH password; empty = none"},
+    {"redis.password_file", CFG_STRING, "", 0, 0, NULL, 0,
+     "file whose first line is the AUTH password, instead of redis.password"},
     {"redis.db", CFG_INT, "0", 0, 15, NULL, 0, "logical database number"},
     {"redis.timeout_ms", CFG_INT, "2000", 10, 600000, NULL, 0, "connect and command timeout"},
     {"redis.key_prefix", CFG_STRING, "cs", 0, 0, NULL, CFG_NONEMPTY,
@@ -340,6 +342,10 @@ static int kafka_check(const char *name, const char *value, char *why, size_t wh
     char rderr[512];
     if (rd_kafka_conf_set(scratch, name, value, rderr, sizeof rderr) != RD_KAFKA_CONF_OK) {
         rd_kafka_conf_destroy(scratch);
+        /* librdkafka quotes some refused values; never a secret's. */
+        char key[256];
+        snprintf(key, sizeof key, "%s%s", KAFKA_PREFIX, name);
+        if (config_is_secret(key)) util_redact(rderr, sizeof rderr, value);
         size_t len = strlen(rderr);
         while (len && isspace((unsigned char)rderr[len - 1])) rderr[--len] = '\0';
         return util_err(why, whylen, "librdkafka: %s", rderr);

@@ -8,6 +8,7 @@
  * writes has the same shape. */
 #include "kafka.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,10 +26,12 @@ typedef struct {
 
 static int kafka_conf_set(rd_kafka_conf_t *conf, const char *name, const char *value,
                           char *errstr, size_t errlen) {
-    char rderr[512];
-    if (rd_kafka_conf_set(conf, name, value, rderr, sizeof rderr) != RD_KAFKA_CONF_OK)
-        return util_err(errstr, errlen, "kafka.%s: %s", name, rderr);
-    return 0;
+    char rderr[512], key[256];
+    if (rd_kafka_conf_set(conf, name, value, rderr, sizeof rderr) == RD_KAFKA_CONF_OK) return 0;
+    /* librdkafka quotes some refused values; a secret's must not reach a log. */
+    snprintf(key, sizeof key, "kafka.%s", name);
+    if (config_is_secret(key)) util_redact(rderr, sizeof rderr, value);
+    return util_err(errstr, errlen, "%s: %s", key, rderr);
 }
 
 static void kafka_conf_user_kv(const char *name, const char *value, void *ud) {
@@ -48,8 +51,36 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
     log_msg(l, "librdkafka", "%s: [%s] %s", rd_kafka_name(rk), fac, buf);
 }
 
+/* The latest authentication (SASL) or TLS failure a client of this process
+ * reported, and how many there were. librdkafka retries those for ever like
+ * any broken connection, so kafka_await_broker() looks here to stop at the
+ * first one instead of running into a timeout with a vaguer reason; the
+ * count lets it ignore failures from before it started. Written from
+ * error_cb, which runs on whichever thread polls the client, hence the lock. */
+static pthread_mutex_t kafka_auth_lock = PTHREAD_MUTEX_INITIALIZER;
+static char kafka_auth_reason[512];
+static uint64_t kafka_auth_failures;
+
+static void kafka_note_auth_failure(rd_kafka_t *rk, rd_kafka_resp_err_t e, const char *reason) {
+    if (e != RD_KAFKA_RESP_ERR__AUTHENTICATION && e != RD_KAFKA_RESP_ERR__SSL) return;
+    pthread_mutex_lock(&kafka_auth_lock);
+    snprintf(kafka_auth_reason, sizeof kafka_auth_reason, "%s: %s", rd_kafka_name(rk), reason);
+    kafka_auth_failures++;
+    pthread_mutex_unlock(&kafka_auth_lock);
+}
+
+/* The number of failures so far; with out, also the latest one's reason. */
+static uint64_t kafka_auth_failure(char *out, size_t outlen) {
+    pthread_mutex_lock(&kafka_auth_lock);
+    uint64_t n = kafka_auth_failures;
+    if (out) snprintf(out, outlen, "%s", kafka_auth_reason);
+    pthread_mutex_unlock(&kafka_auth_lock);
+    return n;
+}
+
 static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     rd_kafka_resp_err_t e = (rd_kafka_resp_err_t)err;
+    kafka_note_auth_failure(rk, e, reason);
     if (e == RD_KAFKA_RESP_ERR__FATAL) {
         char fatal[512];
         rd_kafka_fatal_error(rk, fatal, sizeof fatal);
@@ -184,6 +215,10 @@ int kafka_create_topics(const config *c, char *errstr, size_t errlen) {
     kafka_delivery dr = {0};
     rd_kafka_t *rk = kafka_producer_new(c, &dr, errstr, errlen);
     if (!rk) return -1;
+    if (kafka_await_broker(rk, 30000, errstr, errlen) < 0) {
+        rd_kafka_destroy(rk);
+        return -1;
+    }
     size_t n = UTIL_ARRAY_LEN(kafka_topic_keys);
     rd_kafka_NewTopic_t *topics[UTIL_ARRAY_LEN(kafka_topic_keys)] = {0};
     rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
@@ -242,8 +277,55 @@ err:
     return rc;
 }
 
+/* Serves rk's queued events, so that its error_cb sees what the brokers
+ * said. A consumer's main queue is its consumer queue; before it subscribes
+ * or is assigned, nothing but events can be waiting there. */
+static void kafka_serve_events(rd_kafka_t *rk) {
+    if (rd_kafka_type(rk) == RD_KAFKA_PRODUCER) {
+        rd_kafka_poll(rk, 0);
+        return;
+    }
+    rd_kafka_message_t *m;
+    while ((m = rd_kafka_consumer_poll(rk, 0))) {
+        if (m->err) kafka_note_auth_failure(rk, m->err, rd_kafka_message_errstr(m));
+        rd_kafka_message_destroy(m);
+    }
+}
+
+int kafka_await_broker(rd_kafka_t *rk, int timeout_ms, char *errstr, size_t errlen) {
+    int64_t deadline = util_monotonic_us() + (int64_t)timeout_ms * 1000;
+    uint64_t before = kafka_auth_failure(NULL, 0);
+    char why[512];
+    for (;;) {
+        const struct rd_kafka_metadata *md = NULL;
+        /* No topic: a request any broker that let us in answers. */
+        rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, NULL, &md, 100);
+        if (!err) {
+            rd_kafka_metadata_destroy(md);
+            return 0;
+        }
+        kafka_serve_events(rk);
+        if (kafka_auth_failure(why, sizeof why) != before)
+            return util_err(errstr, errlen,
+                            "the Kafka broker refused copystream's credentials or TLS "
+                            "handshake; check kafka.security.protocol, kafka.sasl.mechanisms, "
+                            "kafka.sasl.username, kafka.sasl.password and kafka.ssl.* (or their "
+                            "kafka.consumer.* / kafka.producer.* forms): %s",
+                            why);
+        /* A client speaking the wrong protocol to a listener (PLAINTEXT to
+         * SASL or TLS) only ever sees dropped connections. */
+        if (util_monotonic_us() >= deadline)
+            return util_err(errstr, errlen,
+                            "no Kafka broker answered within %d ms: %s (check "
+                            "kafka.bootstrap.servers, and kafka.security.protocol against the "
+                            "listener's)",
+                            timeout_ms, rd_kafka_err2str(err));
+    }
+}
+
 int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms, char *errstr,
                           size_t errlen) {
+    if (kafka_await_broker(rk, timeout_ms, errstr, errlen) < 0) return -1;
     rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
     const struct rd_kafka_metadata *md = NULL;
     int n = -1;
@@ -263,6 +345,8 @@ int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms, cha
 
 int kafka_producer_prepare(rd_kafka_t *p, const char *const *topics, size_t n, int timeout_ms,
                            char *errstr, size_t errlen) {
+    /* First, so that the hint below is only given when a broker answered. */
+    if (kafka_await_broker(p, timeout_ms, errstr, errlen) < 0) return -1;
     for (size_t i = 0; i < n; i++) {
         char why[512];
         if (kafka_partition_count(p, topics[i], timeout_ms, why, sizeof why) < 0)

@@ -7,6 +7,7 @@
  * and lost its script cache) reloads it and retries those writes. */
 #include "store.h"
 
+#include <errno.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -36,6 +37,7 @@ struct store {
     int port;
     char *user;               /* NULL: default user */
     char *password;           /* NULL: no AUTH */
+    const char *password_key; /* where it came from, for messages */
     int db;
     int timeout_ms;
     char *prefix;
@@ -83,7 +85,14 @@ static redisReply *store_command(store *st, store_status *status, char *errstr, 
     }
     if (r->type == REDIS_REPLY_ERROR) {
         /* argv[0] only: later arguments may hold the password. */
-        util_err(errstr, errlen, "redis %s: %s", argv[0], r->str);
+        if (strncmp(r->str, "NOAUTH", 6) == 0)
+            /* Any command can meet this: Redis wants a password we were not given. */
+            util_err(errstr, errlen,
+                     "redis %s:%d requires authentication: set redis.password or "
+                     "redis.password_file (and redis.user for an ACL user): %s",
+                     st->host, st->port, r->str);
+        else
+            util_err(errstr, errlen, "redis %s: %s", argv[0], r->str);
         *status = store_classify(r->str);
         freeReplyObject(r);
         return NULL;
@@ -104,12 +113,26 @@ static store_status store_connect(store *st, char *errstr, size_t errlen) {
     }
     redisSetTimeout(st->ctx, tv);
     redisReply *r;
+    /* On every connection, so that a reconnect after Redis restarted or
+     * dropped us is authenticated like the first. */
     if (st->password) {
         const char *argv[3] = {"AUTH", st->user ? st->user : st->password, st->password};
         size_t argvlen[3] = {4, strlen(argv[1]), strlen(st->password)};
         r = store_command(st, &status, errstr, errlen, st->user ? 3 : 2, argv, argvlen);
         if (!r) {
-            if (status != STORE_RETRY) status = STORE_FATAL;
+            if (status != STORE_RETRY) {
+                /* Redis' reason (WRONGPASS, or ERR when it has no password
+                 * set) never quotes the password; ours names the keys. */
+                char why[256];
+                const char *reason = strncmp(errstr, "redis AUTH: ", 12) ? errstr : errstr + 12;
+                snprintf(why, sizeof why, "%s", reason);
+                util_err(errstr, errlen,
+                         "redis %s:%d refused authentication %s%s%s(check redis.user and %s): %s",
+                         st->host, st->port, st->user ? "as user \"" : "",
+                         st->user ? st->user : "", st->user ? "\" " : "", st->password_key,
+                         why);
+                status = STORE_FATAL;
+            }
             goto err;
         }
         freeReplyObject(r);
@@ -140,25 +163,73 @@ err:
     return status;
 }
 
+/* Reads the password from the first line of path (the line end is not part
+ * of it), for secrets mounted as files. Returns a malloc'ed string or NULL
+ * with errstr, which names the file but never quotes its content. */
+static char *store_read_password_file(const char *path, char *errstr, size_t errlen) {
+    char *line = NULL;
+    size_t cap = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        util_err(errstr, errlen, "redis.password_file: cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    ssize_t n = getline(&line, &cap, f);
+    int read_err = ferror(f);
+    fclose(f);
+    if (n < 0 && read_err) {
+        util_err(errstr, errlen, "redis.password_file: cannot read %s", path);
+        goto err;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+    if (n <= 0) {
+        util_err(errstr, errlen, "redis.password_file: %s: the first line is empty", path);
+        goto err;
+    }
+    return line;
+err:
+    if (line) {
+        memset(line, 0, cap);
+        free(line);
+    }
+    return NULL;
+}
+
 store *store_new(const config *c, char *errstr, size_t errlen) {
     store *st = calloc(1, sizeof *st);
     if (!st) return NULL;
     const char *user = config_str(c, "redis.user");
     const char *password = config_str(c, "redis.password");
+    const char *password_file = config_str(c, "redis.password_file");
     st->host = strdup(config_str(c, "redis.host"));
     st->port = (int)config_int(c, "redis.port");
     st->user = user[0] ? strdup(user) : NULL;
-    st->password = password[0] ? strdup(password) : NULL;
     st->db = (int)config_int(c, "redis.db");
     st->timeout_ms = (int)config_int(c, "redis.timeout_ms");
     st->prefix = strdup(config_str(c, "redis.key_prefix"));
     st->ttl_s = config_int(c, "state.ttl_s");
-    if (!st->host || !st->prefix || (user[0] && !st->user) || (password[0] && !st->password)) {
+    if (!st->host || !st->prefix || (user[0] && !st->user)) {
         util_err(errstr, errlen, "out of memory");
         goto err;
     }
+    if (password[0] && password_file[0]) {
+        util_err(errstr, errlen, "redis.password and redis.password_file are both set; keep one");
+        goto err;
+    }
+    if (password_file[0]) {
+        if (!(st->password = store_read_password_file(password_file, errstr, errlen))) goto err;
+        st->password_key = "redis.password_file";
+    } else if (password[0]) {
+        if (!(st->password = strdup(password))) {
+            util_err(errstr, errlen, "out of memory");
+            goto err;
+        }
+        st->password_key = "redis.password";
+    }
     if (st->user && !st->password) {
-        util_err(errstr, errlen, "redis.user is set but redis.password is empty");
+        util_err(errstr, errlen,
+                 "redis.user is set but there is no password (redis.password or "
+                 "redis.password_file)");
         goto err;
     }
     if (store_connect(st, errstr, errlen) != STORE_OK) goto err;

@@ -35,6 +35,24 @@ int util_err(char *errstr, size_t errlen, const char *fmt, ...) {
     return -1;
 }
 
+void util_redact(char *s, size_t cap, const char *secret) {
+    static const char mask[] = "***";
+    size_t n = strlen(secret), m = sizeof mask - 1;
+    if (!n || !cap) return;
+    for (char *p = strstr(s, secret); p; p = strstr(p, secret)) {
+        size_t off = (size_t)(p - s), tail = strlen(p + n);
+        if (off + m >= cap) { /* no room even for the mask: cut here */
+            *p = '\0';
+            return;
+        }
+        if (off + m + tail >= cap) tail = cap - 1 - off - m;
+        memmove(p + m, p + n, tail);
+        memcpy(p, mask, m);
+        p[m + tail] = '\0';
+        p += m;
+    }
+}
+
 char *util_strdup(const char *s) { return s ? strdup(s) : NULL; }
 
 int util_parse_time(const char *s, int64_t *ms) {
