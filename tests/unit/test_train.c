@@ -283,20 +283,6 @@ static void test_matmul_at_equals_its_naive_twin(void **unused) {
     }
 }
 
-static void test_parse_time_takes_unix_ms_and_utc_iso8601_only(void **unused) {
-    int64_t ms;
-    assert_int_equal(util_parse_time("1764547200000", &ms), 0);
-    assert_int_equal(ms, 1764547200000LL);
-    assert_int_equal(util_parse_time("2025-12-01", &ms), 0);
-    assert_int_equal(ms, 1764547200000LL);
-    assert_int_equal(util_parse_time("2025-12-01T00:00:01.5Z", &ms), 0);
-    assert_int_equal(ms, 1764547201500LL);
-    assert_int_equal(util_parse_time("2025-12-01T00:00:01", &ms), -1); /* no zone: ambiguous */
-    assert_int_equal(util_parse_time("2025-13-01", &ms), -1);
-    assert_int_equal(util_parse_time("yesterday", &ms), -1);
-    assert_int_equal(util_parse_time("", &ms), -1);
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradients_of_every_layer_match_finite_differences),
@@ -306,7 +292,6 @@ int main(void) {
         cmocka_unit_test(test_written_model_computes_in_the_engine_what_the_trainer_computed),
         cmocka_unit_test(test_dataset_is_the_same_whatever_order_users_and_items_arrive_in),
         cmocka_unit_test(test_matmul_at_equals_its_naive_twin),
-        cmocka_unit_test(test_parse_time_takes_unix_ms_and_utc_iso8601_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
  * wherever and however often it appears, and the buffer's bound holds. */
 #include "testutil.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "util.h"
@@ -43,6 +44,20 @@ static void test_redact_terminates_when_the_secret_is_part_of_the_mask(void **un
     assert_string_equal(s, "a***b");
 }
 
+static void test_parse_time_takes_unix_ms_and_utc_iso8601_only(void **unused) {
+    int64_t ms;
+    assert_int_equal(util_parse_time("1764547200000", &ms), 0);
+    assert_int_equal(ms, 1764547200000LL);
+    assert_int_equal(util_parse_time("2025-12-01", &ms), 0);
+    assert_int_equal(ms, 1764547200000LL);
+    assert_int_equal(util_parse_time("2025-12-01T00:00:01.5Z", &ms), 0);
+    assert_int_equal(ms, 1764547201500LL);
+    assert_int_equal(util_parse_time("2025-12-01T00:00:01", &ms), -1); /* no zone: ambiguous */
+    assert_int_equal(util_parse_time("2025-13-01", &ms), -1);
+    assert_int_equal(util_parse_time("yesterday", &ms), -1);
+    assert_int_equal(util_parse_time("", &ms), -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_redact_masks_every_occurrence),
@@ -50,6 +65,7 @@ int main(void) {
         cmocka_unit_test(test_redact_never_leaves_part_of_a_secret_when_the_buffer_is_full),
         cmocka_unit_test(test_redact_leaves_text_without_the_secret_alone),
         cmocka_unit_test(test_redact_terminates_when_the_secret_is_part_of_the_mask),
+        cmocka_unit_test(test_parse_time_takes_unix_ms_and_utc_iso8601_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
