@@ -68,7 +68,8 @@ typedef void (*train_progress_fn)(void *ctx, int step, int steps, double loss, u
  * position. */
 double trainer_epoch(trainer *t, int epoch, train_progress_fn progress, void *ctx);
 
-/* One AdamW step on the training sequences of users[0..n); *rows gets the
+/* One AdamW step on the training sequences of users[0..n) (n at most
+ * params.batch; those past it are left out); *rows gets the
  * number of positions they hold. Returns the mean loss per position. */
 double trainer_step(trainer *t, const int32_t *users, int n, int *rows);
 
@@ -96,7 +97,8 @@ void trainer_get_weights(const trainer *t, float *out);
 void trainer_set_weights(trainer *t, const float *in);
 const model_config *trainer_config(const trainer *t);
 
-/* For the tests: the loss of the training examples of users[0..n) and, with
+/* For the tests: the loss of the training examples of users[0..n) (n at
+ * most params.batch) and, with
  * grads, its gradient with respect to every weight (model_weights_point()
  * order). Dropout applies when dropout is nonzero, drawn from the seed and
  * `step`; negatives are drawn likewise. */

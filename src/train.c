@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,34 +131,49 @@ typedef struct {
 } tr_grads;
 
 #define TR_CHUNK 256     /* loss rows per sgemm against the item table */
+#define TR_WORKERS_MAX 16
+
+/* A share of a batch: the sequences one thread runs forward and backward,
+ * with its own activations and its own gradient of every weight. Worker 0's
+ * gradient is the trainer's; the others' are added to it before the step. */
+typedef struct {
+    tr_seq *seqs;                      /* (batch) */
+    int n_seqs, rows, has_targets;
+    int row_base;                      /* its first row's place in the whole batch: keys dropout */
+    int32_t *row_item, *row_target;    /* (rmax) */
+    uint8_t *row_type;                 /* (rmax) */
+    int *row_pos;                      /* (rmax) position in its sequence */
+    tr_acts a;
+    tr_grads d;
+    float *logits;                     /* (TR_CHUNK, max(n_items, negatives + 1)) */
+    float *dlnf;                       /* (rmax, d) gradient of the user states */
+    float *neg_grad;                   /* (negatives, d) */
+    float *grads;                      /* (n_params) */
+    model_weights g;                   /* pointers into grads */
+    double loss;                       /* of its rows, summed */
+    int loss_grads;                    /* the loss head computes gradients */
+    struct trainer *t;
+} tr_worker;
 
 struct trainer {
     train_params p;
     model_config c;
     const dataset *ds;
     size_t n_params;
-    float *params, *grads, *m, *v;     /* (n_params) each, model_weights_point() order */
-    model_weights w, g;                /* pointers into params and grads */
+    float *params, *m, *v;             /* (n_params) each, model_weights_point() order */
+    model_weights w;                   /* pointers into params */
     float *decay;                      /* (n_params) 1 where weight decay applies */
     float *rope_cos, *rope_sin;        /* (window, head_dim / 2) */
     int rmax;
     size_t att_max;
-    tr_acts a;
-    tr_grads d;
-    /* a batch */
-    tr_seq *seqs;                      /* (batch) */
-    int n_seqs, rows, has_targets;
-    int32_t *row_item, *row_target;    /* (rmax) */
-    uint8_t *row_type;                 /* (rmax) */
-    int *row_pos;                      /* (rmax) position in its sequence */
+    tr_worker work[TR_WORKERS_MAX];
+    int n_work;                        /* threads = workers, each running OpenBLAS on one thread */
     uint64_t step;                     /* optimizer steps so far; keys dropout and negatives */
     double flops;                      /* of the steps so far (tr_batch_flops) */
     int dropout_on;
     /* the loss head */
-    float *logits;                     /* (TR_CHUNK, max(n_items, negatives)) */
-    float *dlnf;                       /* (rmax, d) */
     int32_t *neg;                      /* (negatives) this step's sampled items */
-    float *neg_emb, *neg_grad;         /* (negatives, d) their rows and gradients */
+    float *neg_emb;                    /* (negatives, d) their rows */
     float *log_q;                      /* (n_items) log sampling probability */
     double *cum_q;                     /* (n_items) cumulative sampling probability */
     /* evaluation */
@@ -186,11 +202,6 @@ static uint64_t tr_window_positions(int W, uint64_t n) {
     return n <= w ? n : half + (n - w - 1) % (w - half + 1);
 }
 
-static void tr_free_acts(trainer *t) {
-    free(t->a.mem);
-    free(t->d.mem);
-}
-
 /* Carves n floats off *at. */
 static float *tr_take(float **at, size_t n) {
     float *p = *at;
@@ -198,35 +209,64 @@ static float *tr_take(float **at, size_t n) {
     return p;
 }
 
-static int tr_alloc(trainer *t) {
+static void tr_worker_free(tr_worker *w) {
+    free(w->a.mem);
+    free(w->d.mem);
+    free(w->seqs);
+    free(w->row_item);
+    free(w->row_target);
+    free(w->row_type);
+    free(w->row_pos);
+    free(w->logits);
+    free(w->dlnf);
+    free(w->neg_grad);
+    free(w->grads);
+}
+
+/* Sizes a worker for any batch of the trainer's (rmax rows). Returns 0 or -1. */
+static int tr_worker_init(trainer *t, tr_worker *w) {
     const model_config *c = &t->c;
     size_t L = (size_t)c->n_layers, d = (size_t)c->dim, hid = (size_t)c->hidden;
-    size_t R = (size_t)t->rmax;
+    size_t R = (size_t)t->rmax, K = (size_t)t->p.negatives;
     size_t n = (L + 1) * R * d + L * R * (d + 2 + 3 * d + d + d + d + 2 + 2 * hid) +
                L * t->att_max + R * (d + 2);
-    if (!(t->a.mem = malloc(n * sizeof(float)))) return -1;
-    float *at = t->a.mem;
-    t->a.res = tr_take(&at, (L + 1) * R * d);
-    t->a.ln1 = tr_take(&at, L * R * d);
-    t->a.ln1_stat = tr_take(&at, L * R * 2);
-    t->a.qkv = tr_take(&at, L * R * 3 * d);
-    t->a.att = tr_take(&at, L * t->att_max);
-    t->a.atty = tr_take(&at, L * R * d);
-    t->a.res2 = tr_take(&at, L * R * d);
-    t->a.ln2 = tr_take(&at, L * R * d);
-    t->a.ln2_stat = tr_take(&at, L * R * 2);
-    t->a.fch = tr_take(&at, L * R * hid);
-    t->a.fchg = tr_take(&at, L * R * hid);
-    t->a.lnf = tr_take(&at, R * d);
-    t->a.lnf_stat = tr_take(&at, R * 2);
-    size_t m = R * (d + d + d + hid + 3 * d);
-    if (!(t->d.mem = malloc(m * sizeof(float)))) return -1;
-    at = t->d.mem;
-    t->d.dres = tr_take(&at, R * d);
-    t->d.dx = tr_take(&at, R * d);
-    t->d.dln = tr_take(&at, R * d);
-    t->d.dhid = tr_take(&at, R * hid);
-    t->d.dqkv = tr_take(&at, R * 3 * d);
+    size_t wide = (size_t)c->n_items > K + 1 ? (size_t)c->n_items : K + 1;
+    w->t = t;
+    w->seqs = calloc((size_t)t->p.batch, sizeof *w->seqs);
+    w->row_item = malloc(R * sizeof *w->row_item);
+    w->row_target = malloc(R * sizeof *w->row_target);
+    w->row_type = malloc(R);
+    w->row_pos = malloc(R * sizeof *w->row_pos);
+    w->logits = malloc(TR_CHUNK * wide * sizeof *w->logits);
+    w->dlnf = malloc(R * d * sizeof *w->dlnf);
+    w->neg_grad = K ? malloc(K * d * sizeof *w->neg_grad) : NULL;
+    w->grads = calloc(t->n_params, sizeof *w->grads);
+    w->a.mem = malloc(n * sizeof(float));
+    w->d.mem = malloc(R * (d + d + d + hid + 3 * d) * sizeof(float));
+    if (!w->seqs || !w->row_item || !w->row_target || !w->row_type || !w->row_pos ||
+        !w->logits || !w->dlnf || (K && !w->neg_grad) || !w->grads || !w->a.mem || !w->d.mem)
+        return -1;
+    model_weights_point(&w->g, c, w->grads);
+    float *at = w->a.mem;
+    w->a.res = tr_take(&at, (L + 1) * R * d);
+    w->a.ln1 = tr_take(&at, L * R * d);
+    w->a.ln1_stat = tr_take(&at, L * R * 2);
+    w->a.qkv = tr_take(&at, L * R * 3 * d);
+    w->a.att = tr_take(&at, L * t->att_max);
+    w->a.atty = tr_take(&at, L * R * d);
+    w->a.res2 = tr_take(&at, L * R * d);
+    w->a.ln2 = tr_take(&at, L * R * d);
+    w->a.ln2_stat = tr_take(&at, L * R * 2);
+    w->a.fch = tr_take(&at, L * R * hid);
+    w->a.fchg = tr_take(&at, L * R * hid);
+    w->a.lnf = tr_take(&at, R * d);
+    w->a.lnf_stat = tr_take(&at, R * 2);
+    at = w->d.mem;
+    w->d.dres = tr_take(&at, R * d);
+    w->d.dx = tr_take(&at, R * d);
+    w->d.dln = tr_take(&at, R * d);
+    w->d.dhid = tr_take(&at, R * hid);
+    w->d.dqkv = tr_take(&at, R * 3 * d);
     return 0;
 }
 
@@ -280,13 +320,11 @@ trainer *trainer_new(const dataset *ds, const train_params *p, char *errstr, siz
     const model_config *c = &t->c;
     t->n_params = model_weights_point(NULL, c, NULL);
     t->params = calloc(t->n_params, sizeof(float));
-    t->grads = calloc(t->n_params, sizeof(float));
     t->m = calloc(t->n_params, sizeof(float));
     t->v = calloc(t->n_params, sizeof(float));
     t->decay = calloc(t->n_params, sizeof(float));
-    if (!t->params || !t->grads || !t->m || !t->v || !t->decay) goto oom;
+    if (!t->params || !t->m || !t->v || !t->decay) goto oom;
     model_weights_point(&t->w, c, t->params);
-    model_weights_point(&t->g, c, t->grads);
     /* Decay the matrices that mix features, not embeddings, gains or biases. */
     model_weights dw;
     model_weights_point(&dw, c, t->decay);
@@ -308,29 +346,20 @@ trainer *trainer_new(const dataset *ds, const train_params *p, char *errstr, siz
 
     t->rmax = p->batch * p->window;
     t->att_max = (size_t)p->batch * c->n_heads * c->window * c->window;
-    if (tr_alloc(t) < 0) goto oom;
-    size_t wide = (size_t)(c->n_items > p->negatives + 1 ? c->n_items : p->negatives + 1);
-    t->seqs = calloc((size_t)p->batch, sizeof *t->seqs);
-    t->row_item = malloc((size_t)t->rmax * sizeof *t->row_item);
-    t->row_target = malloc((size_t)t->rmax * sizeof *t->row_target);
-    t->row_type = malloc((size_t)t->rmax);
-    t->row_pos = malloc((size_t)t->rmax * sizeof *t->row_pos);
-    t->logits = malloc(TR_CHUNK * wide * sizeof *t->logits);
-    t->dlnf = malloc((size_t)t->rmax * d * sizeof *t->dlnf);
+    t->n_work = p->threads < TR_WORKERS_MAX ? p->threads : TR_WORKERS_MAX;
+    for (int i = 0; i < t->n_work; i++)
+        if (tr_worker_init(t, &t->work[i]) < 0) goto oom;
     t->scores = malloc((size_t)p->batch * c->n_items * sizeof *t->scores);
     t->order = malloc((size_t)ds->n_users * sizeof *t->order);
-    if (!t->seqs || !t->row_item || !t->row_target || !t->row_type || !t->row_pos ||
-        !t->logits || !t->dlnf || !t->scores || !t->order)
-        goto oom;
+    if (!t->scores || !t->order) goto oom;
     if (p->negatives) {
         /* Negatives are drawn by popularity among the training targets (plus
          * one, so every item can be drawn); the loss subtracts log q. */
         t->neg = malloc((size_t)p->negatives * sizeof *t->neg);
         t->neg_emb = malloc((size_t)p->negatives * d * sizeof *t->neg_emb);
-        t->neg_grad = malloc((size_t)p->negatives * d * sizeof *t->neg_grad);
         t->log_q = malloc((size_t)c->n_items * sizeof *t->log_q);
         t->cum_q = malloc((size_t)c->n_items * sizeof *t->cum_q);
-        if (!t->neg || !t->neg_emb || !t->neg_grad || !t->log_q || !t->cum_q) goto oom;
+        if (!t->neg || !t->neg_emb || !t->log_q || !t->cum_q) goto oom;
         double *count = t->cum_q, total = 0;
         for (int32_t i = 0; i < c->n_items; i++) count[i] = 1;
         for (int32_t u = 0; u < ds->n_users; u++)
@@ -343,7 +372,9 @@ trainer *trainer_new(const dataset *ds, const train_params *p, char *errstr, siz
             t->cum_q[i] = run;
         }
     }
-    model_set_threads(p->threads);
+    /* The workers' products are small: one OpenBLAS thread each, which the
+     * workers' own threads make as many as asked for. */
+    model_set_threads(1);
     tr_init_weights(t);
     return t;
 oom:
@@ -355,23 +386,14 @@ oom:
 void trainer_free(trainer *t) {
     if (!t) return;
     free(t->params);
-    free(t->grads);
     free(t->m);
     free(t->v);
     free(t->decay);
     free(t->rope_cos);
     free(t->rope_sin);
-    tr_free_acts(t);
-    free(t->seqs);
-    free(t->row_item);
-    free(t->row_target);
-    free(t->row_type);
-    free(t->row_pos);
-    free(t->logits);
-    free(t->dlnf);
+    for (int i = 0; i < t->n_work; i++) tr_worker_free(&t->work[i]);
     free(t->neg);
     free(t->neg_emb);
-    free(t->neg_grad);
     free(t->log_q);
     free(t->cum_q);
     free(t->scores);
@@ -557,9 +579,11 @@ static void MODEL_KERNEL attention_backward(float *restrict dqkv, const float *r
  * probability 1 - p and scaled by 1 / (1 - p), the draw a hash of the seed,
  * the step, the site and the element. Applied to a gradient with the same
  * site and step, it is its own backward pass. */
-static void dropout_apply(const trainer *t, float *x, size_t N, int site) {
+static void dropout_apply(const trainer *t, const tr_worker *wk, float *x, size_t N, int site) {
     if (!t->dropout_on || t->p.dropout <= 0) return;
-    uint64_t key = tr_key(t->p.seed, TR_DRAW_DROPOUT, t->step * 64 + (uint64_t)site);
+    /* keyed by the row's place in the whole batch, not in the worker's share */
+    uint64_t key = tr_key(t->p.seed, TR_DRAW_DROPOUT, t->step * 64 + (uint64_t)site) +
+                   (uint64_t)wk->row_base * (uint64_t)t->c.dim;
     uint32_t cut = (uint32_t)(t->p.dropout * 4294967296.0);
     float keep = 1.0f / (1.0f - t->p.dropout);
     for (size_t i = 0; i < N; i++) x[i] = (uint32_t)(tr_mix(key + i) >> 32) < cut ? 0.0f : x[i] * keep;
@@ -581,56 +605,58 @@ static void embed_forward(const trainer *t, int32_t item, int type, float *out) 
     tr_axpy(out, 1.0f, t->w.type_emb + (size_t)type * d, d);
 }
 
-static void embed_backward(trainer *t, int32_t item, int type, const float *dout) {
+static void embed_backward(const trainer *t, tr_worker *wk, int32_t item, int type,
+                           const float *dout) {
     int d = t->c.dim;
     const dataset *ds = t->ds;
-    tr_axpy(t->g.item_emb + (size_t)item * d, 1.0f, dout, d);
+    tr_axpy(wk->g.item_emb + (size_t)item * d, 1.0f, dout, d);
     uint32_t lo = ds->item_attr_off[item], hi = ds->item_attr_off[item + 1];
     for (uint32_t r = lo; r < hi; r++)
-        tr_axpy(t->g.attr_emb + (size_t)ds->item_attr_rows[r] * d, 1.0f / (float)(hi - lo), dout, d);
-    tr_axpy(t->g.type_emb + (size_t)type * d, 1.0f, dout, d);
+        tr_axpy(wk->g.attr_emb + (size_t)ds->item_attr_rows[r] * d, 1.0f / (float)(hi - lo), dout, d);
+    tr_axpy(wk->g.type_emb + (size_t)type * d, 1.0f, dout, d);
 }
 
 /* ---------------------------------------------------------------------------
  * passes */
 
 /* Starts a batch. */
-static void tr_batch_reset(trainer *t, int has_targets) {
-    t->n_seqs = t->rows = 0;
-    t->has_targets = has_targets;
+static void tr_batch_reset(tr_worker *wk, int has_targets, int row_base) {
+    wk->row_base = row_base;
+    wk->n_seqs = wk->rows = 0;
+    wk->has_targets = has_targets;
 }
 
 /* Adds user u's events [lo, lo + n) as a sequence; with targets, row i
  * predicts event lo + i + 1, which must exist. */
-static void tr_batch_add(trainer *t, int32_t u, uint64_t lo, int n) {
+static void tr_batch_add(const trainer *t, tr_worker *wk, int32_t u, uint64_t lo, int n) {
     const dataset *ds = t->ds;
     int H = t->c.n_heads;
-    tr_seq *s = &t->seqs[t->n_seqs];
-    size_t att = t->n_seqs ? t->seqs[t->n_seqs - 1].att +
-                                 (size_t)H * t->seqs[t->n_seqs - 1].n * t->seqs[t->n_seqs - 1].n
+    tr_seq *s = &wk->seqs[wk->n_seqs];
+    size_t att = wk->n_seqs ? wk->seqs[wk->n_seqs - 1].att +
+                                 (size_t)H * wk->seqs[wk->n_seqs - 1].n * wk->seqs[wk->n_seqs - 1].n
                            : 0;
-    *s = (tr_seq){.user = u, .lo = lo, .n = n, .row = t->rows, .att = att};
+    *s = (tr_seq){.user = u, .lo = lo, .n = n, .row = wk->rows, .att = att};
     const int32_t *items = ds->ev_item + ds->user_off[u] + lo;
     const uint8_t *types = ds->ev_type + ds->user_off[u] + lo;
     for (int i = 0; i < n; i++) {
-        int r = t->rows + i;
-        t->row_item[r] = items[i];
-        t->row_type[r] = types[i];
-        t->row_pos[r] = i;
-        t->row_target[r] = t->has_targets ? items[i + 1] : -1;
+        int r = wk->rows + i;
+        wk->row_item[r] = items[i];
+        wk->row_type[r] = types[i];
+        wk->row_pos[r] = i;
+        wk->row_target[r] = wk->has_targets ? items[i + 1] : -1;
     }
-    t->rows += n;
-    t->n_seqs++;
+    wk->rows += n;
+    wk->n_seqs++;
 }
 
-static void tr_forward(trainer *t) {
+static void tr_forward(const trainer *t, tr_worker *wk) {
     const model_config *c = &t->c;
     const model_weights *w = &t->w;
-    int R = t->rows, d = c->dim, hid = c->hidden, H = c->n_heads, hd = d / H;
+    int R = wk->rows, d = c->dim, hid = c->hidden, H = c->n_heads, hd = d / H;
     size_t Rm = (size_t)t->rmax;
-    tr_acts *a = &t->a;
-    for (int r = 0; r < R; r++) embed_forward(t, t->row_item[r], t->row_type[r], a->res + (size_t)r * d);
-    dropout_apply(t, a->res, (size_t)R * d, 0);
+    tr_acts *a = &wk->a;
+    for (int r = 0; r < R; r++) embed_forward(t, wk->row_item[r], wk->row_type[r], a->res + (size_t)r * d);
+    dropout_apply(t, wk, a->res, (size_t)R * d, 0);
     for (int l = 0; l < c->n_layers; l++) {
         float *res = a->res + l * Rm * d, *ln1 = a->ln1 + l * Rm * d;
         float *qkv = a->qkv + l * Rm * 3 * d, *att = a->att + l * t->att_max;
@@ -639,20 +665,20 @@ static void tr_forward(trainer *t) {
         float *fchg = a->fchg + l * Rm * hid, *next = a->res + (l + 1) * Rm * d;
         layernorm_forward(ln1, a->ln1_stat + l * Rm * 2, res, w->ln1_w + l * d, w->ln1_b + l * d, R, d);
         matmul_forward(qkv, ln1, w->wqkv + (size_t)l * d * 3 * d, w->bqkv + l * 3 * d, R, d, 3 * d);
-        for (int r = 0; r < R; r++) rope_rotate(t, qkv + (size_t)r * 3 * d, t->row_pos[r], 1.0f);
-        for (int s = 0; s < t->n_seqs; s++) {
-            const tr_seq *q = &t->seqs[s];
+        for (int r = 0; r < R; r++) rope_rotate(t, qkv + (size_t)r * 3 * d, wk->row_pos[r], 1.0f);
+        for (int s = 0; s < wk->n_seqs; s++) {
+            const tr_seq *q = &wk->seqs[s];
             attention_forward(atty + (size_t)q->row * d, att + q->att, qkv + (size_t)q->row * 3 * d,
                               q->n, H, hd);
         }
         matmul_forward(res2, atty, w->wo + (size_t)l * d * d, w->bo + l * d, R, d, d);
-        dropout_apply(t, res2, (size_t)R * d, 1 + 2 * l);
+        dropout_apply(t, wk, res2, (size_t)R * d, 1 + 2 * l);
         for (size_t i = 0; i < (size_t)R * d; i++) res2[i] += res[i];
         layernorm_forward(ln2, a->ln2_stat + l * Rm * 2, res2, w->ln2_w + l * d, w->ln2_b + l * d, R, d);
         matmul_forward(fch, ln2, w->w1 + (size_t)l * d * hid, w->b1 + (size_t)l * hid, R, d, hid);
         gelu_forward(fchg, fch, (size_t)R * hid);
         matmul_forward(next, fchg, w->w2 + (size_t)l * hid * d, w->b2 + l * d, R, hid, d);
-        dropout_apply(t, next, (size_t)R * d, 2 + 2 * l);
+        dropout_apply(t, wk, next, (size_t)R * d, 2 + 2 * l);
         for (size_t i = 0; i < (size_t)R * d; i++) next[i] += res2[i];
     }
     layernorm_forward(a->lnf, a->lnf_stat, a->res + c->n_layers * Rm * d, w->lnf_w, w->lnf_b, R, d);
@@ -678,15 +704,15 @@ static void tr_draw_negatives(trainer *t) {
 /* The loss of rows [r0, r0 + n) against the whole catalog: mean cross-entropy
  * over N rows in all. With grads, dlnf of the rows and the item table's
  * gradient. Returns the rows' summed loss. */
-static double tr_loss_full(trainer *t, int r0, int n, double N, int grads) {
+static double tr_loss_full(const trainer *t, tr_worker *wk, int r0, int n, double N, int grads) {
     int V = t->c.n_items, d = t->c.dim;
-    const float *h = t->a.lnf + (size_t)r0 * d;
-    float *lg = t->logits;
+    const float *h = wk->a.lnf + (size_t)r0 * d;
+    float *lg = wk->logits;
     matmul(lg, h, t->w.item_emb, n, V, d, d, d, V, 1, 0.0f);
     double loss = 0;
     for (int i = 0; i < n; i++) {
         float *row = lg + (size_t)i * V, max = -INFINITY, sum = 0;
-        int tgt = t->row_target[r0 + i];
+        int tgt = wk->row_target[r0 + i];
         for (int j = 0; j < V; j++) max = row[j] > max ? row[j] : max;
         float pos = row[tgt];
         for (int j = 0; j < V; j++) sum += row[j] = exp_approx(row[j] - max);
@@ -696,23 +722,24 @@ static double tr_loss_full(trainer *t, int r0, int n, double N, int grads) {
         row[tgt] -= (float)(1.0 / N);
     }
     if (grads) {
-        matmul(t->dlnf + (size_t)r0 * d, lg, t->w.item_emb, n, d, V, V, d, d, 0, 0.0f);
-        matmul_at(t->g.item_emb, lg, h, V, d, n, V, d, d, 1.0f);
+        matmul(wk->dlnf + (size_t)r0 * d, lg, t->w.item_emb, n, d, V, V, d, d, 0, 0.0f);
+        matmul_at(wk->g.item_emb, lg, h, V, d, n, V, d, d, 1.0f);
     }
     return loss;
 }
 
 /* The same with sampled softmax over the step's negatives, each logit less
  * log q of its item (the log-frequency correction), accidental hits masked. */
-static double tr_loss_sampled(trainer *t, int r0, int n, double N, int grads) {
+static double tr_loss_sampled(const trainer *t, tr_worker *wk, int r0, int n, double N,
+                              int grads) {
     int K = t->p.negatives, d = t->c.dim, W = K + 1;
-    const float *h = t->a.lnf + (size_t)r0 * d;
-    float *lg = t->logits; /* (n, K + 1): column 0 the target */
+    const float *h = wk->a.lnf + (size_t)r0 * d;
+    float *lg = wk->logits; /* (n, K + 1): column 0 the target */
     matmul(lg + 1, h, t->neg_emb, n, K, d, d, d, W, 1, 0.0f);
     double loss = 0;
     for (int i = 0; i < n; i++) {
         float *row = lg + (size_t)i * W, max = -INFINITY, sum = 0;
-        int tgt = t->row_target[r0 + i];
+        int tgt = wk->row_target[r0 + i];
         const float *e = t->w.item_emb + (size_t)tgt * d;
         row[0] = tr_dot(h + (size_t)i * d, e, d) - t->log_q[tgt];
         for (int k = 0; k < K; k++)
@@ -725,47 +752,47 @@ static double tr_loss_sampled(trainer *t, int r0, int n, double N, int grads) {
         for (int j = 0; j < W; j++) row[j] *= inv;
         row[0] -= (float)(1.0 / N);
         if (grads) {
-            float *dh = t->dlnf + (size_t)(r0 + i) * d;
+            float *dh = wk->dlnf + (size_t)(r0 + i) * d;
             for (int k = 0; k < d; k++) dh[k] = row[0] * e[k];
-            tr_axpy(t->g.item_emb + (size_t)tgt * d, row[0], h + (size_t)i * d, d);
+            tr_axpy(wk->g.item_emb + (size_t)tgt * d, row[0], h + (size_t)i * d, d);
         }
     }
     if (grads) {
-        matmul(t->dlnf + (size_t)r0 * d, lg + 1, t->neg_emb, n, d, K, W, d, d, 0, 1.0f);
-        matmul_at(t->neg_grad, lg + 1, h, K, d, n, W, d, d, 1.0f);
+        matmul(wk->dlnf + (size_t)r0 * d, lg + 1, t->neg_emb, n, d, K, W, d, d, 0, 1.0f);
+        matmul_at(wk->neg_grad, lg + 1, h, K, d, n, W, d, d, 1.0f);
     }
     return loss;
 }
 
 /* The summed loss of the batch's targets; with grads, dlnf and the item
  * table's gradient from the loss. */
-static double tr_loss(trainer *t, double N, int grads) {
+static double tr_loss(const trainer *t, tr_worker *wk, double N, int grads) {
     double loss = 0;
     if (t->p.negatives && grads)
-        memset(t->neg_grad, 0, (size_t)t->p.negatives * t->c.dim * sizeof *t->neg_grad);
-    for (int r0 = 0; r0 < t->rows; r0 += TR_CHUNK) {
-        int n = t->rows - r0 < TR_CHUNK ? t->rows - r0 : TR_CHUNK;
-        loss += t->p.negatives ? tr_loss_sampled(t, r0, n, N, grads) : tr_loss_full(t, r0, n, N, grads);
+        memset(wk->neg_grad, 0, (size_t)t->p.negatives * t->c.dim * sizeof *wk->neg_grad);
+    for (int r0 = 0; r0 < wk->rows; r0 += TR_CHUNK) {
+        int n = wk->rows - r0 < TR_CHUNK ? wk->rows - r0 : TR_CHUNK;
+        loss += t->p.negatives ? tr_loss_sampled(t, wk, r0, n, N, grads) : tr_loss_full(t, wk, r0, n, N, grads);
     }
     if (t->p.negatives && grads)
         for (int k = 0; k < t->p.negatives; k++)
-            tr_axpy(t->g.item_emb + (size_t)t->neg[k] * t->c.dim, 1.0f,
-                    t->neg_grad + (size_t)k * t->c.dim, t->c.dim);
+            tr_axpy(wk->g.item_emb + (size_t)t->neg[k] * t->c.dim, 1.0f,
+                    wk->neg_grad + (size_t)k * t->c.dim, t->c.dim);
     return loss;
 }
 
-/* Accumulates into t->grads the gradient of the loss whose dlnf the loss
+/* Accumulates into the worker's gradient that of the loss whose dlnf the loss
  * head left. */
-static void tr_backward(trainer *t) {
+static void tr_backward(const trainer *t, tr_worker *wk) {
     const model_config *c = &t->c;
     const model_weights *w = &t->w;
-    model_weights *g = &t->g;
-    int R = t->rows, d = c->dim, hid = c->hidden, H = c->n_heads, hd = d / H;
+    model_weights *g = &wk->g;
+    int R = wk->rows, d = c->dim, hid = c->hidden, H = c->n_heads, hd = d / H;
     size_t Rm = (size_t)t->rmax;
-    tr_acts *a = &t->a;
-    tr_grads *b = &t->d;
+    tr_acts *a = &wk->a;
+    tr_grads *b = &wk->d;
     memset(b->dres, 0, (size_t)R * d * sizeof(float));
-    layernorm_backward(b->dres, g->lnf_w, g->lnf_b, t->dlnf, a->res + c->n_layers * Rm * d,
+    layernorm_backward(b->dres, g->lnf_w, g->lnf_b, wk->dlnf, a->res + c->n_layers * Rm * d,
                        a->lnf_stat, w->lnf_w, R, d);
     for (int l = c->n_layers - 1; l >= 0; l--) {
         float *res = a->res + l * Rm * d, *ln1 = a->ln1 + l * Rm * d;
@@ -775,7 +802,7 @@ static void tr_backward(trainer *t) {
         float *fchg = a->fchg + l * Rm * hid;
         /* next = res2 + dropout(fchg @ w2 + b2): dres is also dres2's share */
         memcpy(b->dx, b->dres, (size_t)R * d * sizeof(float));
-        dropout_apply(t, b->dx, (size_t)R * d, 2 + 2 * l);
+        dropout_apply(t, wk, b->dx, (size_t)R * d, 2 + 2 * l);
         matmul_backward(b->dhid, g->w2 + (size_t)l * hid * d, g->b2 + l * d, b->dx, fchg,
                         w->w2 + (size_t)l * hid * d, R, hid, d);
         gelu_backward(b->dhid, fch, (size_t)R * hid);
@@ -785,66 +812,122 @@ static void tr_backward(trainer *t) {
                            a->ln2_stat + l * Rm * 2, w->ln2_w + l * d, R, d);
         /* res2 = res + dropout(atty @ wo + bo) */
         memcpy(b->dx, b->dres, (size_t)R * d * sizeof(float));
-        dropout_apply(t, b->dx, (size_t)R * d, 1 + 2 * l);
+        dropout_apply(t, wk, b->dx, (size_t)R * d, 1 + 2 * l);
         matmul_backward(b->dln, g->wo + (size_t)l * d * d, g->bo + l * d, b->dx, atty,
                         w->wo + (size_t)l * d * d, R, d, d);
-        for (int s = 0; s < t->n_seqs; s++) {
-            const tr_seq *q = &t->seqs[s];
+        for (int s = 0; s < wk->n_seqs; s++) {
+            const tr_seq *q = &wk->seqs[s];
             attention_backward(b->dqkv + (size_t)q->row * 3 * d, b->dln + (size_t)q->row * d,
                                att + q->att, qkv + (size_t)q->row * 3 * d, q->n, H, hd);
         }
-        for (int r = 0; r < R; r++) rope_rotate(t, b->dqkv + (size_t)r * 3 * d, t->row_pos[r], -1.0f);
+        for (int r = 0; r < R; r++) rope_rotate(t, b->dqkv + (size_t)r * 3 * d, wk->row_pos[r], -1.0f);
         matmul_backward(b->dln, g->wqkv + (size_t)l * d * 3 * d, g->bqkv + l * 3 * d, b->dqkv, ln1,
                         w->wqkv + (size_t)l * d * 3 * d, R, d, 3 * d);
         layernorm_backward(b->dres, g->ln1_w + l * d, g->ln1_b + l * d, b->dln, res,
                            a->ln1_stat + l * Rm * 2, w->ln1_w + l * d, R, d);
     }
-    dropout_apply(t, b->dres, (size_t)R * d, 0);
-    for (int r = 0; r < R; r++) embed_backward(t, t->row_item[r], t->row_type[r], b->dres + (size_t)r * d);
+    dropout_apply(t, wk, b->dres, (size_t)R * d, 0);
+    for (int r = 0; r < R; r++) embed_backward(t, wk, wk->row_item[r], wk->row_type[r], b->dres + (size_t)r * d);
 }
 
 /* Fills the batch with the training sequences of users[0..n) (each cut to
  * the window); returns the number of target positions. */
+/* The number of input events of user u's training sequence: the training
+ * events less the last (which is only a target), cut to the window. */
+static int tr_train_len(const trainer *t, int32_t u) {
+    uint64_t end = tr_train_end(t, u); /* events [0, end) are for training */
+    if (end < 2) return 0;
+    return end - 1 < (uint64_t)t->c.window ? (int)(end - 1) : t->c.window;
+}
+
+/* Deals the training sequences of users[0..n) out to the workers in order,
+ * each taking about its share of the rows; returns the rows in all. */
 static int tr_batch_train(trainer *t, const int32_t *users, int n) {
-    tr_batch_reset(t, 1);
-    int W = t->c.window;
+    if (n > t->p.batch) n = t->p.batch; /* what the buffers are sized for */
+    int total = 0;
+    for (int i = 0; i < n; i++) total += tr_train_len(t, users[i]);
+    int k = 0, base = 0;
+    tr_batch_reset(&t->work[0], 1, 0);
     for (int i = 0; i < n; i++) {
-        uint64_t end = tr_train_end(t, users[i]); /* events [0, end) are for training */
-        if (end < 2) continue;
-        uint64_t len = end - 1 < (uint64_t)W ? end - 1 : (uint64_t)W; /* inputs */
-        tr_batch_add(t, users[i], end - 1 - len, (int)len);
+        int len = tr_train_len(t, users[i]);
+        if (!len) continue;
+        /* on to the next worker once this one has its share */
+        if (k + 1 < t->n_work && t->work[k].rows > 0 &&
+            (int64_t)(base + t->work[k].rows) * t->n_work >= (int64_t)total * (k + 1)) {
+            base += t->work[k].rows;
+            tr_batch_reset(&t->work[++k], 1, base);
+        }
+        uint64_t end = tr_train_end(t, users[i]);
+        tr_batch_add(t, &t->work[k], users[i], end - 1 - (uint64_t)len, len);
     }
-    return t->rows;
+    for (int j = k + 1; j < t->n_work; j++) tr_batch_reset(&t->work[j], 1, total);
+    return total;
+}
+
+/* A worker's part of a step: forward, the loss (of N rows in all) and, with
+ * grads, backward into its own gradient. */
+static void *tr_worker_run(void *arg) {
+    tr_worker *wk = arg;
+    const trainer *t = wk->t;
+    wk->loss = 0;
+    if (wk->loss_grads) memset(wk->grads, 0, t->n_params * sizeof *wk->grads);
+    if (!wk->rows) return NULL;
+    tr_forward(t, wk);
+    int total = 0;
+    for (int i = 0; i < t->n_work; i++) total += t->work[i].rows;
+    wk->loss = tr_loss(t, wk, total, wk->loss_grads);
+    if (wk->loss_grads) tr_backward(t, wk);
+    return NULL;
+}
+
+/* Runs the batch's workers, worker 0 on this thread, and adds the others'
+ * gradients to worker 0's in worker order; returns the summed loss. */
+static double tr_run_workers(trainer *t, int grads) {
+    pthread_t th[TR_WORKERS_MAX];
+    int started[TR_WORKERS_MAX] = {0};
+    for (int i = 0; i < t->n_work; i++) t->work[i].loss_grads = grads;
+    for (int i = 1; i < t->n_work; i++)
+        started[i] = t->work[i].rows && pthread_create(&th[i], NULL, tr_worker_run, &t->work[i]) == 0;
+    for (int i = 1; i < t->n_work; i++)
+        if (t->work[i].rows && !started[i]) tr_worker_run(&t->work[i]); /* no thread: run it here */
+    tr_worker_run(&t->work[0]);
+    double loss = t->work[0].loss;
+    for (int i = 1; i < t->n_work; i++) {
+        if (started[i]) pthread_join(th[i], NULL);
+        loss += t->work[i].loss;
+        if (!grads || !t->work[i].rows) continue;
+        float *g0 = t->work[0].grads;
+        const float *gi = t->work[i].grads;
+        for (size_t j = 0; j < t->n_params; j++) g0[j] += gi[j];
+    }
+    return loss;
 }
 
 double trainer_loss(trainer *t, const int32_t *users, int n, int dropout, uint64_t step,
                     float *grads) {
-    if (tr_batch_train(t, users, n) == 0) return 0;
+    int rows = tr_batch_train(t, users, n);
+    if (!rows) return 0;
     t->dropout_on = dropout;
     t->step = step;
     if (t->p.negatives) tr_draw_negatives(t);
-    tr_forward(t);
-    if (grads) memset(t->grads, 0, t->n_params * sizeof *t->grads);
-    double loss = tr_loss(t, t->rows, grads != NULL);
-    if (grads) {
-        tr_backward(t);
-        memcpy(grads, t->grads, t->n_params * sizeof *grads);
-    }
+    double loss = tr_run_workers(t, grads != NULL);
+    if (grads) memcpy(grads, t->work[0].grads, t->n_params * sizeof *grads);
     t->dropout_on = 0;
-    return loss / t->rows;
+    return loss / rows;
 }
 
 /* AdamW on every weight after clipping the gradient's global norm. */
 static void tr_adamw(trainer *t) {
+    const float *grads = t->work[0].grads;
     double norm2 = 0;
-    for (size_t i = 0; i < t->n_params; i++) norm2 += (double)t->grads[i] * t->grads[i];
+    for (size_t i = 0; i < t->n_params; i++) norm2 += (double)grads[i] * grads[i];
     float norm = (float)sqrt(norm2);
     float clip = t->p.clip > 0 && norm > t->p.clip ? t->p.clip / norm : 1.0f;
     uint64_t step = t->step + 1;
     float b1 = t->p.beta1, b2 = t->p.beta2, lr = t->p.lr, eps = t->p.eps, wd = t->p.weight_decay;
     float c1 = 1.0f - powf(b1, (float)step), c2 = 1.0f - powf(b2, (float)step);
     for (size_t i = 0; i < t->n_params; i++) {
-        float gr = t->grads[i] * clip;
+        float gr = grads[i] * clip;
         t->m[i] = b1 * t->m[i] + (1 - b1) * gr;
         t->v[i] = b2 * t->v[i] + (1 - b2) * gr * gr;
         float mh = t->m[i] / c1, vh = t->v[i] / c2;
@@ -883,14 +966,19 @@ double trainer_epoch(trainer *t, int epoch, train_progress_fn progress, void *ct
  * gradient, one for the weights'). */
 static double tr_batch_flops(const trainer *t) {
     const model_config *c = &t->c;
-    double d = c->dim, hid = c->hidden, hd = d / c->n_heads, cols = t->p.negatives ? t->p.negatives + 1 : c->n_items;
+    double d = c->dim, hid = c->hidden, hd = d / c->n_heads;
+    double cols = t->p.negatives ? t->p.negatives + 1 : c->n_items;
     double per_row = 2 * (d * 3 * d + d * d + 2 * d * hid) * c->n_layers + 2 * d * cols;
-    double att = 0;
-    for (int s = 0; s < t->n_seqs; s++) {
-        double n = t->seqs[s].n;
-        att += 2 * 2 * (n * (n + 1) / 2) * hd * c->n_heads * c->n_layers;
+    double flops = 0;
+    for (int i = 0; i < t->n_work; i++) {
+        const tr_worker *wk = &t->work[i];
+        for (int s = 0; s < wk->n_seqs; s++) {
+            double n = wk->seqs[s].n;
+            flops += 2 * 2 * (n * (n + 1) / 2) * hd * c->n_heads * c->n_layers;
+        }
+        flops += per_row * wk->rows;
     }
-    return 3 * (per_row * t->rows + att);
+    return 3 * flops;
 }
 
 double trainer_step(trainer *t, const int32_t *users, int n, int *rows) {
@@ -898,25 +986,23 @@ double trainer_step(trainer *t, const int32_t *users, int n, int *rows) {
     if (!*rows) return 0;
     t->dropout_on = 1;
     if (t->p.negatives) tr_draw_negatives(t);
-    tr_forward(t);
-    memset(t->grads, 0, t->n_params * sizeof *t->grads);
-    double loss = tr_loss(t, t->rows, 1);
-    tr_backward(t);
+    double loss = tr_run_workers(t, 1);
     tr_adamw(t);
     t->dropout_on = 0;
     t->step++;
     t->flops += tr_batch_flops(t);
-    return loss / t->rows;
+    return loss / *rows;
 }
 
 double trainer_flops(const trainer *t) { return t->flops; }
 
 void trainer_user_state(trainer *t, int32_t u, uint64_t lo, uint64_t hi, float *h) {
-    tr_batch_reset(t, 0);
-    tr_batch_add(t, u, lo, (int)(hi - lo));
+    tr_worker *wk = &t->work[0];
+    tr_batch_reset(wk, 0, 0);
+    tr_batch_add(t, wk, u, lo, (int)(hi - lo));
     t->dropout_on = 0;
-    tr_forward(t);
-    memcpy(h, t->a.lnf + (size_t)(t->rows - 1) * t->c.dim, (size_t)t->c.dim * sizeof *h);
+    tr_forward(t, wk);
+    memcpy(h, wk->a.lnf + (size_t)(wk->rows - 1) * t->c.dim, (size_t)t->c.dim * sizeof *h);
 }
 
 void trainer_evaluate(trainer *t, train_split split, train_metrics *out) {
@@ -924,26 +1010,30 @@ void trainer_evaluate(trainer *t, train_split split, train_metrics *out) {
     int V = t->c.n_items, d = t->c.dim, B = t->p.batch;
     uint64_t back = split == TRAIN_SPLIT_TEST ? 1 : 2;
     memset(out, 0, sizeof *out);
-    float *hs = t->dlnf; /* (B, d): free outside a training step */
+    tr_worker *wk = &t->work[0];
+    float *hs = wk->dlnf; /* (B, d): free outside a training step */
     int32_t users[B];
     t->dropout_on = 0;
     for (int32_t u0 = 0; u0 < ds->n_users;) {
         int n = 0;
-        tr_batch_reset(t, 0);
+        tr_batch_reset(wk, 0, 0);
         for (; u0 < ds->n_users && n < B; u0++) {
             uint64_t len = dataset_user_len(ds, u0);
             if (len < back + 1) continue;
             uint64_t cut = len - back, k = tr_window_positions(t->c.window, cut);
-            tr_batch_add(t, u0, cut - k, (int)k);
+            tr_batch_add(t, wk, u0, cut - k, (int)k);
             users[n++] = u0;
         }
         if (!n) break;
-        tr_forward(t);
+        tr_forward(t, wk);
         for (int i = 0; i < n; i++) {
-            const tr_seq *s = &t->seqs[i];
-            memcpy(hs + (size_t)i * d, t->a.lnf + (size_t)(s->row + s->n - 1) * d, (size_t)d * sizeof *hs);
+            const tr_seq *s = &wk->seqs[i];
+            memcpy(hs + (size_t)i * d, wk->a.lnf + (size_t)(s->row + s->n - 1) * d, (size_t)d * sizeof *hs);
         }
+        /* the one big product: all of OpenBLAS's threads, then back to one */
+        model_set_threads(t->n_work);
         matmul(t->scores, hs, t->w.item_emb, n, V, d, d, d, V, 1, 0.0f);
+        model_set_threads(1);
         for (int i = 0; i < n; i++) {
             const int32_t *ev = ds->ev_item + ds->user_off[users[i]];
             uint64_t cut = dataset_user_len(ds, users[i]) - back;
@@ -1029,7 +1119,8 @@ static void train_usage(FILE *f) {
             "optional item -> attribute ids JSON), or the clickstream events of a topic between\n"
             "two times (attributes from the catalog topic). Leave-one-out: each user's last event\n"
             "is the test target, the one before the validation target. The epoch with the best\n"
-            "validation NDCG@10 is written, with its test metrics printed.\n"
+            "validation NDCG@10 is written (as soon as it is found, so an interrupted run\n"
+            "keeps it), and its test metrics printed.\n"
             "\n"
             "  --event-type TYPE   the sequence file's events: view, click, add_to_cart,\n"
             "                      purchase (default) or favorite, as `copystream import` publishes\n"
@@ -1182,6 +1273,8 @@ int train_main(int argc, char **argv) {
             ui.best_epoch = e;
             ui.best_s = (double)(util_monotonic_us() - ui.start_us) / 1e6;
             trainer_get_weights(t, best);
+            /* Written at once, so that stopping a long run keeps its best model. */
+            if (trainer_write(t, out, err, sizeof err) < 0) goto err;
         }
         if (ui.tty) fputc('\n', stderr);
         log_info("train", "epoch %d loss %.4f valid HR@10 %.4f NDCG@10 %.4f%s (%.1f s, %.0f s in all)",
@@ -1200,8 +1293,8 @@ int train_main(int argc, char **argv) {
     train_print_metrics("valid (full ranking)", &m);
     trainer_evaluate(t, TRAIN_SPLIT_TEST, &m);
     train_print_metrics("test (full ranking)", &m);
-    if (trainer_write(t, out, err, sizeof err) < 0) goto err;
-    printf("wrote %s\n", out);
+    if (!ui.best_epoch && trainer_write(t, out, err, sizeof err) < 0) goto err;
+    printf("wrote %s (epoch %d)\n", out, ui.best_epoch);
     rc = 0;
 err:
     if (rc) fprintf(stderr, "copystream train: %s\n", err);

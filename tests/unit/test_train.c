@@ -150,6 +150,28 @@ static void test_gradients_hold_with_dropout_and_sampled_softmax(void **unused) 
     dataset_free(d);
 }
 
+/* Splitting a batch between threads changes only the order of sums: the
+ * loss and every gradient agree with one thread's within float rounding. */
+static void test_two_workers_compute_what_one_computes(void **unused) {
+    dataset *d = toy_dataset(9, 13, 6);
+    train_params p = tiny_params();
+    p.dropout = 0.2f, p.negatives = 4;
+    trainer *one = new_trainer(d, &p);
+    p.threads = 2;
+    trainer *two = new_trainer(d, &p);
+    size_t np = trainer_n_params(one);
+    float *g1 = malloc(np * sizeof *g1), *g2 = malloc(np * sizeof *g2);
+    int32_t users[] = {0, 1, 2, 3, 4, 5, 6, 7}; /* a whole batch */
+    double l1 = trainer_loss(one, users, 8, 1, 5, g1), l2 = trainer_loss(two, users, 8, 1, 5, g2);
+    assert_float_equal(l1, l2, 1e-5);
+    for (size_t i = 0; i < np; i++) assert_float_equal(g1[i], g2[i], 1e-5);
+    free(g1);
+    free(g2);
+    trainer_free(one);
+    trainer_free(two);
+    dataset_free(d);
+}
+
 /* Every user follows the same rule (each item is followed by the one two
  * further on), which a model can learn: it must rank the held-out target
  * first for nearly every user. */
@@ -174,7 +196,7 @@ static void test_trainer_learns_a_tiny_dataset_by_heart(void **unused) {
 static void test_same_seed_gives_the_same_weights_and_another_seed_does_not(void **unused) {
     dataset *d = toy_dataset(12, 17, 6);
     train_params p = tiny_params();
-    p.dropout = 0.2f, p.negatives = 4;
+    p.dropout = 0.2f, p.negatives = 4, p.threads = 2;
     float *w[3];
     for (int run = 0; run < 3; run++) {
         p.seed = run == 2 ? 8 : 7;
@@ -287,6 +309,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradients_of_every_layer_match_finite_differences),
         cmocka_unit_test(test_gradients_hold_with_dropout_and_sampled_softmax),
+        cmocka_unit_test(test_two_workers_compute_what_one_computes),
         cmocka_unit_test(test_trainer_learns_a_tiny_dataset_by_heart),
         cmocka_unit_test(test_same_seed_gives_the_same_weights_and_another_seed_does_not),
         cmocka_unit_test(test_written_model_computes_in_the_engine_what_the_trainer_computed),
