@@ -202,6 +202,7 @@ int eval_main(int argc, char **argv) {
                s ? "sampled (100 neg)" : "full ranking", (long long)x->n, x->hr[0], x->hr[1],
                x->hr[2], x->ndcg[0], x->ndcg[1], x->ndcg[2]);
     }
+    fflush(stdout);
     log_info("eval", "%s split of %s with %s in %.1f s", back == 1 ? "test" : "valid", seq,
              model_version(m), (double)(util_monotonic_us() - t0) / 1e6);
     if (out && fclose(out) != 0) {

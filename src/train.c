@@ -1277,6 +1277,7 @@ int train_main(int argc, char **argv) {
             if (trainer_write(t, out, err, sizeof err) < 0) goto err;
         }
         if (ui.tty) fputc('\n', stderr);
+        fflush(stdout);
         log_info("train", "epoch %d loss %.4f valid HR@10 %.4f NDCG@10 %.4f%s (%.1f s, %.0f s in all)",
                  e, loss, m.hr[1], m.ndcg[1], better ? " best" : "",
                  (double)(util_monotonic_us() - ui.epoch_start_us) / 1e6,
