@@ -6,7 +6,8 @@
  * Amazon Beauty (22,363 users, 12,101 items, 637 attributes, 5 to 200
  * events per user, 8.9 on average, items drawn by a power law), generated
  * from a fixed seed, or on a sequence file. Each round runs S optimizer
- * steps (default 20), then plain cblas_sgemm on the same products: per layer
+ * steps (default 20), then plain cblas_sgemm, on as many threads as the
+ * trainer has workers, on the same products: per layer
  * the projections and feed-forward of the round's average rows per step, and
  * the loss head, each three times as the backward pass runs them. The ratio
  * is taken within each round, the two back to back, and the median of R
@@ -160,12 +161,15 @@ int main(int argc, char **argv) {
         double secs = (double)(util_monotonic_us() - t0) / 1e6, flops = trainer_flops(t) - f0;
         double sflops = 0, ssecs = 0;
         int reps = 0;
+        /* sgemm on as many threads as the trainer has workers: the same cores */
+        model_set_threads(p.threads);
         while (ssecs < secs / 4 || reps < 3) {
             double f;
             ssecs += sgemm_round(&p, ds->n_items, (int)(positions / (uint64_t)steps), a, b, c, &f);
             reps++;
             sflops = f;
         }
+        model_set_threads(1);
         if (r < 0) continue;
         pos_rate[r] = (double)positions / secs;
         step_ms[r] = secs * 1e3 / steps;
