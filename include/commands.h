@@ -18,6 +18,7 @@ int tail_main(int argc, char **argv);     /* print copies from the copy topic (t
 int loadgen_main(int argc, char **argv);  /* synthetic catalog and clickstream (loadgen.c) */
 int import_main(int argc, char **argv);   /* publish a sequence dataset (import.c) */
 int config_main(int argc, char **argv);   /* print the effective config (main.c) */
+int report_main(int argc, char **argv);   /* copy variants' performance (report.c) */
 
 /* The config path a command uses when -c is not given. */
 const char *commands_default_config(void);

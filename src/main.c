@@ -19,6 +19,7 @@ static void main_usage(FILE *f) {
             "  loadgen   publish a sample catalog and a synthetic clickstream\n"
             "  import    publish a dataset in the sequence format (user item item ...)\n"
             "  tail      print the copies in the copy topic\n"
+            "  report    how each copy variant performs: CTR, conversions, lift vs holdout\n"
             "  config    print the effective configuration (secrets masked)\n"
             "  version   print the version\n",
             COPYSTREAM_VERSION);
@@ -48,6 +49,7 @@ int main(int argc, char **argv) {
     } commands[] = {
         {"run", run_main},       {"topics", topics_main}, {"loadgen", loadgen_main},
         {"import", import_main}, {"tail", tail_main},     {"config", config_main},
+        {"report", report_main},
     };
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
         !strcmp(argv[1], "help")) {
