@@ -8,6 +8,7 @@
 #   make demo       clickstream in, personalized copy out, end to end
 #   make bench      end-to-end throughput against a passthrough ceiling
 #   make bench-inference   the Transformer engine's step, batch and scoring costs
+#   make bench-bandit      the copy bandit on simulated users with known click rates
 #
 # BUILD selects the output folder, SAN adds sanitizer flags; `make asan` sets both.
 
@@ -36,7 +37,7 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 TOOL_SRCS  := $(wildcard tests/tools/*.c)
 TOOL_BINS  := $(TOOL_SRCS:tests/tools/%.c=$(BUILD)/tools/%)
 
-.PHONY: all deps test unit integration asan valgrind demo bench bench-inference clean
+.PHONY: all deps test unit integration asan valgrind demo bench bench-inference bench-bandit clean
 
 all: $(BIN) $(UNIT_BINS) $(BENCH_BINS) $(TOOL_BINS)
 
@@ -99,6 +100,11 @@ bench: deps
 # vs plain sgemm, scoring the Amazon Beauty catalog size. Needs no services.
 bench-inference: $(BUILD)/bench/inference
 	bash -c '. scripts/lib.sh && openblas_env && exec $(BUILD)/bench/inference --threads 1'
+
+# Thompson sampling on simulated users with known click rates: regret and the
+# share of traffic on the best variant after 5,000 impressions. No services.
+bench-bandit: $(BUILD)/bench/bandit
+	$(BUILD)/bench/bandit
 
 clean:
 	rm -rf build build-asan
