@@ -138,6 +138,10 @@ void bandit_free(bandit *b);
 /* Connects to Redis (redis.*) if need be and reads the statistics now, in
  * one round trip per intent (start-up). Returns 0, or -1 with errstr. */
 int bandit_refresh(bandit *b, char *errstr, size_t errlen);
+/* The same, but only when bandit.refresh_s has passed since the last read
+ * and no reply is owed: for an idle service, whose next batch should not
+ * choose from statistics as old as its last busy moment. */
+int bandit_refresh_if_due(bandit *b, char *errstr, size_t errlen);
 
 /* Is this user in the holdout group? A stable function of the user id and
  * holdout.percent, the same on every instance and every run. */

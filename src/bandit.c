@@ -404,6 +404,13 @@ int bandit_refresh(bandit *b, char *errstr, size_t errlen) {
     return 0;
 }
 
+int bandit_refresh_if_due(bandit *b, char *errstr, size_t errlen) {
+    if (b->pending_evals || b->pending_refresh ||
+        util_monotonic_us() - b->last_refresh_us < (b->refresh_us > 1000000 ? b->refresh_us : 1000000))
+        return 0;
+    return bandit_refresh(b, errstr, errlen);
+}
+
 /* ---- building the arms ----------------------------------------------------- */
 
 static size_t bandit_intent_index(bandit *b, const char *name, const char *prefix) {

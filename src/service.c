@@ -1615,6 +1615,9 @@ static int svc_loop(svc *s) {
         } else {
             svc_settle(s);
             svc_flush_purges(s);
+            char err[512];
+            if (bandit_refresh_if_due(s->bandit, err, sizeof err) < 0)
+                log_warn("service", "refreshing the bandit statistics: %s", err);
         }
         int64_t now = util_monotonic_us();
         if (now - s->last_lag_us > 1000000) {
