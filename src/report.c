@@ -151,16 +151,19 @@ static void report_print(const report_rows *rows, int as_json) {
     char cells[N_COLS][160];
     size_t width[N_COLS];
     int shown[N_COLS];
+    int last = 0;
     for (int k = 0; k < N_COLS; k++) {
         width[k] = strlen(report_headers[k]);
         shown[k] = (k != COL_LOCALE || rows->by_locale) && (k != COL_SEGMENT || rows->by_segment);
+        if (shown[k]) last = k;
     }
     /* Two passes: widths, then lines. */
     for (int pass = as_json ? 1 : 0; pass < 2; pass++) {
         if (pass == 1 && !as_json) {
             for (int k = 0, first = 1; k < N_COLS; k++)
                 if (shown[k]) {
-                    printf("%s%-*s", first ? "" : "  ", (int)width[k], report_headers[k]);
+                    printf("%s%-*s", first ? "" : "  ", k == last ? 0 : (int)width[k],
+                           report_headers[k]);
                     first = 0;
                 }
             printf("\n");
@@ -219,7 +222,7 @@ static void report_print(const report_rows *rows, int as_json) {
                 if (pass == 0) {
                     if (strlen(cells[k]) > width[k]) width[k] = strlen(cells[k]);
                 } else {
-                    printf("%s%-*s", first ? "" : "  ", (int)width[k], cells[k]);
+                    printf("%s%-*s", first ? "" : "  ", k == last ? 0 : (int)width[k], cells[k]);
                 }
                 first = 0;
             }
