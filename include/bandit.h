@@ -28,13 +28,16 @@
  *
  * Exactly once. Each copy counts at most once per counter: an update is "set
  * bit k of this copy's marker; if it was clear, add 1 to the field", for all
- * of a batch's updates in one Lua script, atomically. The marker is the key
- * <prefix>:bandit:{<intent>}:m:<copy id> (same hash tag, so the script is
- * legal on Redis Cluster), kept bandit.attribution_window_s + 1 day. So a
+ * of a batch's updates in one Lua script, atomically. Markers are bits in
+ * bitmap buckets, <prefix>:bandit:{<intent>}:m:<topic>:<partition>:<offset
+ * >> 16>, a byte per source offset and a bit per counter (same hash tag as
+ * the hash, so the script is legal on Redis Cluster), each kept
+ * bandit.attribution_window_s + 1 day after its last update. So a
  * redelivered batch, an upstream duplicate, a second click on one copy and a
- * zombie instance replaying a partition all change nothing; the service sends
- * a batch's updates on their own connection alongside its state writes, and
- * commits the batch only once both are acknowledged.
+ * zombie instance replaying a partition all change nothing. A batch's
+ * updates are sent, on the bandit's own connection, only once its state
+ * writes are confirmed, and acknowledged before its offsets are committed:
+ * what is counted is what the users' states durably record.
  *
  * Snapshot. Choosing reads no Redis: the statistics are read with one HGETALL
  * per intent, pipelined behind a batch's updates, at most every
@@ -138,9 +141,9 @@ void bandit_free(bandit *b);
 /* Connects to Redis (redis.*) if need be and reads the statistics now, in
  * one round trip per intent (start-up). Returns 0, or -1 with errstr. */
 int bandit_refresh(bandit *b, char *errstr, size_t errlen);
-/* The same, but only when bandit.refresh_s has passed since the last read
- * and no reply is owed: for an idle service, whose next batch should not
- * choose from statistics as old as its last busy moment. */
+/* The same, but only when bandit.refresh_s (at least 1 s) has passed since
+ * the last read and no reply is owed: for an idle service, whose next batch
+ * should not choose from statistics as old as its last busy moment. */
 int bandit_refresh_if_due(bandit *b, char *errstr, size_t errlen);
 
 /* Is this user in the holdout group? A stable function of the user id and
@@ -189,15 +192,26 @@ bandit_attribution bandit_attribute(const user_state *u, const reaction *r, cons
  * (memory). */
 int bandit_on_reaction(bandit *b, user_state *u, const reaction *r, int outcome);
 
-/* Sends the staged updates (and, when due, the snapshot refresh) without
- * waiting; exactly one bandit_wait() must follow before the next send.
- * Returns 0, or -1 with errstr (connection lost: the batch must run again). */
+/* A batch's updates travel in three steps, each batch in turn (first in,
+ * first out), so that a count is applied only once the state recording it
+ * is durable:
+ *   bandit_seal()  when the batch's state writes are sent: what was staged
+ *                  since the last seal becomes the batch's updates;
+ *   bandit_send()  once those writes are confirmed: sends the oldest sealed
+ *                  batch's updates (and, when due, the snapshot re-read),
+ *                  without waiting;
+ *   bandit_wait()  before the batch's offsets are committed: reads the
+ *                  replies of the oldest send and installs a re-read
+ *                  snapshot.
+ * bandit_seal() returns -1 only when misused (more than a few batches
+ * sealed); the others return 0, or -1 with errstr when Redis failed: the
+ * updates' outcome is unknown and the batch must run again, which the
+ * markers make safe. */
+int bandit_seal(bandit *b);
 int bandit_send(bandit *b, char *errstr, size_t errlen);
-/* Reads the replies of the last send and installs a refreshed snapshot.
- * Returns 0, or -1 with errstr: the updates' outcome is unknown, so the batch
- * must run again (the markers make that safe). */
 int bandit_wait(bandit *b, char *errstr, size_t errlen);
-/* After a failed batch: drops staged updates and any reply still owed. */
+/* After a failed batch: drops staged, sealed and sent batches, and the
+ * replies still owed (with the connection, re-opened on the next send). */
 void bandit_discard(bandit *b);
 
 /* The arms' counts as of the last snapshot, for tests and the report:
@@ -206,7 +220,7 @@ typedef void (*bandit_arm_fn)(const char *intent, const char *segment, const cha
                               const char *variant, const bandit_counts *c, void *ud);
 void bandit_each_arm(const bandit *b, bandit_arm_fn fn, void *ud);
 
-/* The updates staged since the last send, in staging order, for tests: the
+/* The updates staged since the last seal, in staging order, for tests: the
  * copy's source position, the arm's field prefix ("<segment>.<locale>.
  * <variant>.") and the counter. */
 typedef void (*bandit_staged_fn)(int32_t partition, int64_t offset, const char *field_prefix,

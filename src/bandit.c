@@ -9,11 +9,12 @@
  * multiply-add would change rounding on CPUs that have one, so it is turned
  * off for this file.
  *
- * Redis. The bandit keeps its own connection, so that its updates travel
- * next to the state writes without touching store.c's pipeline; the service
- * waits for both before it commits a batch. The update script is sent with
- * EVAL (once per batch and intent) rather than EVALSHA, so a Redis that lost
- * its script cache needs no reload dance. */
+ * Redis. The bandit keeps its own connection, so that its updates can
+ * follow a batch's confirmed state writes while the next batch's writes are
+ * in store.c's pipeline; the service waits for them before it commits the
+ * batch. The update script is sent with EVAL (once per batch and intent)
+ * rather than EVALSHA, so a Redis that lost its script cache needs no reload
+ * dance; Redis compiles it once and finds it by its hash afterwards. */
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #elif defined(__GNUC__)
@@ -207,6 +208,21 @@ typedef struct {
     uint8_t counter;
 } bandit_update;
 
+/* The updates of one batch. */
+typedef struct {
+    bandit_update *v;
+    size_t n, cap;
+} bandit_batch;
+
+/* Batches between staging and their reply: the service seals a batch when
+ * it sends the batch's state writes, sends it once those are confirmed and
+ * waits for it before the commit; at most two are ever in either queue. */
+#define BANDIT_QUEUE 4
+
+/* Markers: one bit per (copy, counter) in bitmap buckets of this many
+ * source offsets, a byte per offset. */
+#define BANDIT_BUCKET_SHIFT 16
+
 struct bandit {
     const templates *tpl;
     char *copy_topic;
@@ -228,13 +244,20 @@ struct bandit {
     bandit_arm *arms;
     size_t n_arms;
     bandit_counts *counts;    /* [n_arms], the snapshot */
-    /* staged and in flight */
-    bandit_update *staged;
-    size_t n_staged, cap_staged;
-    size_t pending_evals;     /* replies owed by the last send */
-    int pending_refresh;
+    /* staged, sealed and in flight */
+    bandit_batch staging;     /* the batch being applied */
+    bandit_batch sealed[BANDIT_QUEUE]; /* a ring of sealed batches, not sent yet */
+    size_t sealed_head, n_sealed;
+    struct {
+        size_t evals;         /* update replies owed */
+        int refresh;          /* and a snapshot's HGETALLs after them */
+        uint64_t conn;        /* on this connection */
+    } inflight[BANDIT_QUEUE]; /* a ring of sent batches */
+    size_t inflight_head, n_inflight;
+    uint32_t *field_index;    /* scratch: [arm * BANDIT__COUNTERS + counter] -> field + 1 */
     /* Redis */
     redisContext *ctx;
+    uint64_t conn;            /* connections made so far: replies die with theirs */
     char *host, *user, *password;
     int port, db, timeout_ms;
     buf arena;                /* the strings of a command being built */
@@ -243,25 +266,30 @@ struct bandit {
     size_t argv_cap;
 };
 
-/* KEYS[1] the statistics hash, KEYS[2..] one marker per copy. ARGV[1] the
- * markers' TTL in seconds, then per marker: n, and n pairs (bit, field).
- * Each (copy, counter) adds to its field once, however often it is sent. */
+/* KEYS[1] the statistics hash, KEYS[2..] marker buckets. ARGV[1] the
+ * buckets' TTL in seconds, ARGV[2] the number of fields nf, ARGV[3 ..
+ * 2 + nf] the fields, then per bucket: n, and n pairs (bit, field number).
+ * SETBIT returns the bit it replaced, so each (copy, counter) adds to its
+ * field once however often it is sent; the additions are summed per field. */
 static const char bandit_update_lua[] =
-    "local ttl, a, applied = ARGV[1], 2, 0\n"
+    "local ttl, nf = ARGV[1], tonumber(ARGV[2])\n"
+    "local add, a, applied = {}, 3 + nf, 0\n"
     "for k = 2, #KEYS do\n"
-    "  local m = tonumber(redis.call('GET', KEYS[k]) or '0')\n"
-    "  local was = m\n"
     "  local n = tonumber(ARGV[a]); a = a + 1\n"
     "  for j = 1, n do\n"
-    "    local b = tonumber(ARGV[a])\n"
-    "    if bit.band(m, b) == 0 then\n"
-    "      m = bit.bor(m, b)\n"
-    "      redis.call('HINCRBY', KEYS[1], ARGV[a + 1], 1)\n"
-    "      applied = applied + 1\n"
+    "    if redis.call('SETBIT', KEYS[k], ARGV[a], 1) == 0 then\n"
+    "      local f = tonumber(ARGV[a + 1])\n"
+    "      add[f] = (add[f] or 0) + 1\n"
     "    end\n"
     "    a = a + 2\n"
     "  end\n"
-    "  if m ~= was then redis.call('SET', KEYS[k], m, 'EX', ttl) end\n"
+    "  redis.call('EXPIRE', KEYS[k], ttl)\n"
+    "end\n"
+    "for f = 1, nf do\n"
+    "  if add[f] then\n"
+    "    redis.call('HINCRBY', KEYS[1], ARGV[2 + f], add[f])\n"
+    "    applied = applied + add[f]\n"
+    "  end\n"
     "end\n"
     "return applied\n";
 
@@ -270,8 +298,6 @@ static const char bandit_update_lua[] =
 static void bandit_disconnect(bandit *b) {
     if (b->ctx) redisFree(b->ctx);
     b->ctx = NULL;
-    b->pending_evals = 0;
-    b->pending_refresh = 0;
 }
 
 /* Runs one command; returns its reply (caller frees) or NULL with errstr. */
@@ -328,6 +354,7 @@ static int bandit_connect(bandit *b, char *errstr, size_t errlen) {
     if (b->ctx) return 0;
     b->ctx = bandit_connect_to(b->host, b->port, b->user, b->password, b->db, b->timeout_ms,
                                errstr, errlen);
+    b->conn++;
     return b->ctx ? 0 : -1;
 }
 
@@ -385,7 +412,7 @@ static int bandit_install(bandit *b, size_t i, const redisReply *r, char *errstr
 }
 
 int bandit_refresh(bandit *b, char *errstr, size_t errlen) {
-    if (b->pending_evals || b->pending_refresh)
+    if (b->n_inflight)
         return util_err(errstr, errlen, "bandit: the replies of a send are still owed");
     if (bandit_connect(b, errstr, errlen) < 0) return -1;
     for (size_t i = 0; i < b->n_intents; i++) {
@@ -405,7 +432,7 @@ int bandit_refresh(bandit *b, char *errstr, size_t errlen) {
 }
 
 int bandit_refresh_if_due(bandit *b, char *errstr, size_t errlen) {
-    if (b->pending_evals || b->pending_refresh ||
+    if (b->n_inflight ||
         util_monotonic_us() - b->last_refresh_us < (b->refresh_us > 1000000 ? b->refresh_us : 1000000))
         return 0;
     return bandit_refresh(b, errstr, errlen);
@@ -488,7 +515,8 @@ static int bandit_build_arms(bandit *b, const char *prefix) {
         i = j;
     }
     b->counts = calloc(b->n_arms + 1, sizeof *b->counts);
-    return b->counts ? 0 : -1;
+    b->field_index = calloc(b->n_arms * BANDIT__COUNTERS + 1, sizeof *b->field_index);
+    return b->counts && b->field_index ? 0 : -1;
 }
 
 bandit *bandit_new(const config *c, const templates *t, const char *copy_topic, char *errstr,
@@ -542,7 +570,9 @@ void bandit_free(bandit *b) {
     free(b->arms);
     free(b->groups);
     free(b->counts);
-    free(b->staged);
+    free(b->staging.v);
+    for (size_t i = 0; i < BANDIT_QUEUE; i++) free(b->sealed[i].v);
+    free(b->field_index);
     free(b->copy_topic);
     free(b->host);
     free(b->user);
@@ -595,14 +625,15 @@ static long bandit_arm_index(const bandit *b, uint64_t key, int segment) {
 
 static int bandit_stage(bandit *b, long arm, int32_t partition, int64_t offset, int counter) {
     if (arm < 0) return 0;
-    if (b->n_staged == b->cap_staged) {
-        size_t cap = b->cap_staged ? b->cap_staged * 2 : 256;
-        bandit_update *v = realloc(b->staged, cap * sizeof *v);
+    bandit_batch *st = &b->staging;
+    if (st->n == st->cap) {
+        size_t cap = st->cap ? st->cap * 2 : 256;
+        bandit_update *v = realloc(st->v, cap * sizeof *v);
         if (!v) return -1;
-        b->staged = v;
-        b->cap_staged = cap;
+        st->v = v;
+        st->cap = cap;
     }
-    b->staged[b->n_staged++] = (bandit_update){partition, offset, (uint32_t)arm, (uint8_t)counter};
+    st->v[st->n++] = (bandit_update){partition, offset, (uint32_t)arm, (uint8_t)counter};
     return 0;
 }
 
@@ -710,49 +741,51 @@ int bandit_on_reaction(bandit *b, user_state *u, const reaction *r, int outcome)
 
 static int bandit_update_cmp(const void *x, const void *y) {
     const bandit_update *a = x, *b = y;
-    /* Arms of one intent are adjacent, so arm order groups by intent too;
-     * but a copy's updates must be adjacent whatever their arm. */
     if (a->partition != b->partition) return a->partition < b->partition ? -1 : 1;
     if (a->offset != b->offset) return a->offset < b->offset ? -1 : 1;
-    if (a->arm != b->arm) return a->arm < b->arm ? -1 : 1;
     return (a->counter > b->counter) - (a->counter < b->counter);
 }
 
-/* Appends the EVAL for intent i's staged updates (sorted by copy). Returns 1
- * when one was appended, 0 when the intent had none, -1 on error. */
-static int bandit_append_eval(bandit *b, size_t i) {
+/* Appends the EVAL of intent i's updates in bt (sorted). Returns 1 when one
+ * was appended, 0 when the intent had none, -1 on error. */
+static int bandit_append_eval(bandit *b, size_t i, const bandit_batch *bt) {
     /* Every string goes into the arena first, followed by its NUL (the %c
-     * of 0); pointers are taken only once it has stopped moving. keys: the hash, then one marker
-     * per copy; args: the TTL, then per copy its count and (bit, field)s. */
-    size_t *keys = malloc((b->n_staged + 1) * sizeof *keys);
-    size_t *args = malloc((3 * b->n_staged + 1) * sizeof *args);
-    size_t nk = 0, na = 0;
+     * of 0); pointers are taken only once it has stopped moving. keys: the
+     * hash, then the buckets; fields: the distinct fields; args: per bucket
+     * its count, then (bit, field number) pairs. */
+    size_t *keys = malloc((bt->n + 1) * sizeof *keys);
+    size_t *fields = malloc((bt->n + 1) * sizeof *fields);
+    size_t *args = malloc((3 * bt->n + 1) * sizeof *args);
+    size_t nk = 0, nf = 0, na = 0;
     int rc = -1;
-    if (!keys || !args) goto out;
+    if (!keys || !fields || !args) goto out;
+    memset(b->field_index, 0, b->n_arms * BANDIT__COUNTERS * sizeof *b->field_index);
     buf_reset(&b->arena);
     keys[nk++] = b->arena.len;
     buf_printf(&b->arena, "%s%c", b->intents[i].key, 0);
-    args[na++] = b->arena.len;
-    buf_printf(&b->arena, "%" PRId64 "%c", b->marker_ttl_s, 0);
-    for (size_t s = 0; s < b->n_staged;) {
-        const bandit_update *u = &b->staged[s];
+    for (size_t s = 0; s < bt->n;) {
+        const bandit_update *u = &bt->v[s];
+        int64_t bucket = u->offset >> BANDIT_BUCKET_SHIFT;
         size_t e = s;
-        while (e < b->n_staged && b->staged[e].partition == u->partition &&
-               b->staged[e].offset == u->offset)
+        while (e < bt->n && bt->v[e].partition == u->partition &&
+               bt->v[e].offset >> BANDIT_BUCKET_SHIFT == bucket)
             e++;
-        size_t count_at = na, pairs = 0;
-        unsigned bits = 0;
-        args[na++] = 0;
+        size_t count_at = na++, pairs = 0;
         for (size_t x = s; x < e; x++) {
-            const bandit_update *up = &b->staged[x];
-            if (b->groups[b->arms[up->arm].group].intent != i || (bits & (1u << up->counter)))
-                continue;
-            bits |= 1u << up->counter;
+            const bandit_update *up = &bt->v[x];
+            if (b->groups[b->arms[up->arm].group].intent != i) continue;
+            uint32_t *fi = &b->field_index[up->arm * BANDIT__COUNTERS + up->counter];
+            if (!*fi) {
+                fields[nf++] = b->arena.len;
+                buf_printf(&b->arena, "%s%s%c", b->arms[up->arm].field,
+                           bandit_counter_names[up->counter], 0);
+                *fi = (uint32_t)nf;
+            }
+            int64_t bit = (up->offset & ((1 << BANDIT_BUCKET_SHIFT) - 1)) * 8 + up->counter;
             args[na++] = b->arena.len;
-            buf_printf(&b->arena, "%u%c", 1u << up->counter, 0);
+            buf_printf(&b->arena, "%" PRId64 "%c", bit, 0);
             args[na++] = b->arena.len;
-            buf_printf(&b->arena, "%s%s%c", b->arms[up->arm].field,
-                       bandit_counter_names[up->counter], 0);
+            buf_printf(&b->arena, "%u%c", *fi, 0);
             pairs++;
         }
         if (pairs) {
@@ -760,76 +793,104 @@ static int bandit_append_eval(bandit *b, size_t i) {
             buf_printf(&b->arena, "%zu%c", pairs, 0);
             keys[nk++] = b->arena.len;
             buf_printf(&b->arena, "%s:m:%s:%" PRId32 ":%" PRId64 "%c", b->intents[i].key,
-                       b->copy_topic, u->partition, u->offset, 0);
+                       b->copy_topic, u->partition, bucket, 0);
         } else {
-            na = count_at; /* another intent's copy */
+            na = count_at; /* only other intents' updates in this bucket */
         }
         s = e;
     }
     rc = 0;
     if (nk == 1) goto out; /* nothing for this intent */
     rc = -1;
-    char numkeys[24];
+    char numkeys[24], ttl[24], nfields[24];
     snprintf(numkeys, sizeof numkeys, "%zu", nk);
-    if (!b->arena.p || bandit_argv_reserve(b, 3 + nk + na) < 0) goto out;
+    snprintf(ttl, sizeof ttl, "%" PRId64, b->marker_ttl_s);
+    snprintf(nfields, sizeof nfields, "%zu", nf);
+    if (!b->arena.p || bandit_argv_reserve(b, 5 + nk + nf + na) < 0) goto out;
     size_t a = 0;
     b->argv[a] = "EVAL", b->argvlen[a++] = 4;
     b->argv[a] = bandit_update_lua, b->argvlen[a++] = sizeof bandit_update_lua - 1;
     b->argv[a] = numkeys, b->argvlen[a++] = strlen(numkeys);
-    for (size_t k = 0; k < nk + na; k++, a++) {
-        b->argv[a] = b->arena.p + (k < nk ? keys[k] : args[k - nk]);
+    for (size_t k = 0; k < nk; k++, a++) {
+        b->argv[a] = b->arena.p + keys[k];
+        b->argvlen[a] = strlen(b->argv[a]);
+    }
+    b->argv[a] = ttl, b->argvlen[a++] = strlen(ttl);
+    b->argv[a] = nfields, b->argvlen[a++] = strlen(nfields);
+    for (size_t k = 0; k < nf + na; k++, a++) {
+        b->argv[a] = b->arena.p + (k < nf ? fields[k] : args[k - nf]);
         b->argvlen[a] = strlen(b->argv[a]);
     }
     if (redisAppendCommandArgv(b->ctx, (int)a, b->argv, b->argvlen) != REDIS_OK) goto out;
     rc = 1;
 out:
     free(keys);
+    free(fields);
     free(args);
     return rc;
 }
 
+int bandit_seal(bandit *b) {
+    if (b->n_sealed == BANDIT_QUEUE) return -1;
+    bandit_batch *slot = &b->sealed[(b->sealed_head + b->n_sealed++) % BANDIT_QUEUE];
+    bandit_batch spare = *slot;
+    *slot = b->staging;
+    b->staging = spare; /* reuse the slot's old array for the next batch */
+    b->staging.n = 0;
+    return 0;
+}
+
 int bandit_send(bandit *b, char *errstr, size_t errlen) {
-    if (b->pending_evals || b->pending_refresh)
-        return util_err(errstr, errlen, "bandit: the replies of a send are still owed");
-    int64_t now = util_monotonic_us();
-    int refresh = now - b->last_refresh_us >= b->refresh_us;
-    if (!b->n_staged && !refresh) return 0;
-    if (bandit_connect(b, errstr, errlen) < 0) return -1;
-    qsort(b->staged, b->n_staged, sizeof *b->staged, bandit_update_cmp);
-    for (size_t i = 0; b->n_staged && i < b->n_intents; i++) {
-        int rc = bandit_append_eval(b, i);
-        if (rc < 0) goto fail;
-        b->pending_evals += (size_t)rc;
-    }
-    b->n_staged = 0;
-    if (refresh) {
-        for (size_t i = 0; i < b->n_intents; i++) {
+    if (!b->n_sealed || b->n_inflight == BANDIT_QUEUE)
+        return util_err(errstr, errlen, "bandit: send without a sealed batch");
+    bandit_batch *bt = &b->sealed[b->sealed_head];
+    b->sealed_head = (b->sealed_head + 1) % BANDIT_QUEUE;
+    b->n_sealed--;
+    int refresh = util_monotonic_us() - b->last_refresh_us >= b->refresh_us;
+    size_t evals = 0;
+    if (bt->n || refresh) {
+        if (bandit_connect(b, errstr, errlen) < 0) goto fail_quiet;
+        qsort(bt->v, bt->n, sizeof *bt->v, bandit_update_cmp);
+        for (size_t i = 0; bt->n && i < b->n_intents; i++) {
+            int rc = bandit_append_eval(b, i, bt);
+            if (rc < 0) goto fail;
+            evals += (size_t)rc;
+        }
+        for (size_t i = 0; refresh && i < b->n_intents; i++) {
             const char *argv[2] = {"HGETALL", b->intents[i].key};
             size_t argvlen[2] = {7, strlen(b->intents[i].key)};
             if (redisAppendCommandArgv(b->ctx, 2, argv, argvlen) != REDIS_OK) goto fail;
         }
-        b->pending_refresh = 1;
+        int done = 0;
+        while (!done)
+            if (redisBufferWrite(b->ctx, &done) != REDIS_OK) goto fail;
     }
-    int done = 0;
-    while (!done)
-        if (redisBufferWrite(b->ctx, &done) != REDIS_OK) goto fail;
+    bt->n = 0;
+    size_t k = (b->inflight_head + b->n_inflight++) % BANDIT_QUEUE;
+    b->inflight[k].evals = evals;
+    b->inflight[k].refresh = refresh;
+    b->inflight[k].conn = b->conn;
     return 0;
 fail:
     util_err(errstr, errlen, "redis %s:%d: %s", b->host, b->port,
              b->ctx && b->ctx->err ? b->ctx->errstr : "out of memory");
-    b->n_staged = 0;
     bandit_disconnect(b); /* half-formed commands may sit in its buffer */
+fail_quiet:
+    bt->n = 0;
     return -1;
 }
 
 int bandit_wait(bandit *b, char *errstr, size_t errlen) {
-    if (!b->pending_evals && !b->pending_refresh) return 0;
-    size_t evals = b->pending_evals;
-    int refresh = b->pending_refresh;
-    b->pending_evals = 0;
-    b->pending_refresh = 0;
-    if (!b->ctx) return util_err(errstr, errlen, "redis %s:%d: connection lost", b->host, b->port);
+    if (!b->n_inflight) return util_err(errstr, errlen, "bandit: wait without a send");
+    size_t evals = b->inflight[b->inflight_head].evals;
+    int refresh = b->inflight[b->inflight_head].refresh;
+    uint64_t conn = b->inflight[b->inflight_head].conn;
+    b->inflight_head = (b->inflight_head + 1) % BANDIT_QUEUE;
+    b->n_inflight--;
     size_t n = evals + (refresh ? b->n_intents : 0);
+    if (!n) return 0;
+    if (!b->ctx || conn != b->conn) /* the replies went with a lost connection */
+        return util_err(errstr, errlen, "redis %s:%d: connection lost", b->host, b->port);
     int rc = 0;
     for (size_t k = 0; k < n; k++) {
         redisReply *r = NULL;
@@ -854,15 +915,18 @@ int bandit_wait(bandit *b, char *errstr, size_t errlen) {
 }
 
 void bandit_discard(bandit *b) {
-    b->n_staged = 0;
+    b->staging.n = 0;
+    for (size_t i = 0; i < BANDIT_QUEUE; i++) b->sealed[i].n = 0;
+    b->n_sealed = 0;
     /* Replies still owed would be read as the next send's: drop them with
      * the connection, which the next send re-opens. */
-    if (b->pending_evals || b->pending_refresh) bandit_disconnect(b);
+    if (b->n_inflight) bandit_disconnect(b);
+    b->n_inflight = 0;
 }
 
 void bandit_each_staged(const bandit *b, bandit_staged_fn fn, void *ud) {
-    for (size_t i = 0; i < b->n_staged; i++) {
-        const bandit_update *u = &b->staged[i];
+    for (size_t i = 0; i < b->staging.n; i++) {
+        const bandit_update *u = &b->staging.v[i];
         fn(u->partition, u->offset, b->arms[u->arm].field, u->counter, ud);
     }
 }

@@ -1081,7 +1081,9 @@ static int svc_confirm(svc *s, svc_flight *f) {
                  conflicts);
         return -1;
     }
-    if (bandit_wait(s->bandit, err, sizeof err) < 0) {
+    /* The batch's states are durable: now its bandit counts may go
+     * (acknowledged before the commit, in svc_complete). */
+    if (bandit_send(s->bandit, err, sizeof err) < 0) {
         metrics_inc(MET_REDIS_ERR_CONNECTION, 1);
         atomic_store(&s->redis_ok, 0);
         log_error("service", "updating the bandit statistics: %s", err);
@@ -1113,6 +1115,13 @@ static int svc_confirm(svc *s, svc_flight *f) {
  * delivered (the caller rewinds). */
 static int svc_complete(svc *s, svc_flight *f) {
     if (svc_wait_acks(s, f) < 0) return -1;
+    char err[512];
+    if (bandit_wait(s->bandit, err, sizeof err) < 0) {
+        metrics_inc(MET_REDIS_ERR_CONNECTION, 1);
+        atomic_store(&s->redis_ok, 0);
+        log_error("service", "updating the bandit statistics: %s", err);
+        return -1;
+    }
     int committed = svc_commit(s, f) == 0;
     svc_flight_report(s, f, util_monotonic_us());
     f->phase = FLIGHT_FREE;
@@ -1200,13 +1209,9 @@ static int svc_send(svc *s, svc_flight *f, char *err, size_t errlen) {
         return -1;
     }
     svc_clear_purges(s); /* if the write fails, the copies' refs come back on reload */
-    /* The bandit's statistics go on their own connection, confirmed with the
-     * writes (svc_confirm); its markers make a retried batch harmless. */
-    if (bandit_send(s->bandit, err, errlen) < 0) {
-        metrics_inc(MET_REDIS_ERR_CONNECTION, 1);
-        atomic_store(&s->redis_ok, 0);
-        return -1;
-    }
+    /* The batch's bandit counts follow its writes: sent once they are
+     * confirmed (svc_confirm); the markers make a retried batch harmless. */
+    if (bandit_seal(s->bandit) < 0) return util_err(err, errlen, "bandit: too many batches");
     svc_flight_tally(s, f);
     f->phase = FLIGHT_WRITING;
     return 0;
