@@ -1022,8 +1022,9 @@ int bandit_read_stats(const config *c, bandit_arm_fn fn, void *ud, char *errstr,
         snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
         for (size_t i = 0; i < r->element[1]->elements; i++) {
             const redisReply *k = r->element[1]->element[i];
-            /* The pattern's '*' may also match a marker's ":m:" tail only if
-             * a copy id ended with '}', which none does; check anyway. */
+            /* The pattern's '*' could also match a marker bucket's ":m:..."
+             * tail only if that ended with '}', which none does; but a
+             * brace inside would make it no intent of ours: skip those. */
             if (k->len <= head.len || k->str[k->len - 1] != '}' ||
                 memchr(k->str + head.len, '}', k->len - head.len - 1))
                 continue;
