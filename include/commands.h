@@ -17,9 +17,10 @@ int topics_main(int argc, char **argv);   /* create the configured topics (topic
 int tail_main(int argc, char **argv);     /* print copies from the copy topic (tail.c) */
 int loadgen_main(int argc, char **argv);  /* synthetic catalog and clickstream (loadgen.c) */
 int import_main(int argc, char **argv);   /* publish a sequence dataset (import.c) */
-int config_main(int argc, char **argv);
+int config_main(int argc, char **argv);   /* print the effective config (main.c) */
 int train_main(int argc, char **argv);    /* learn a model (train.c) */
-int eval_main(int argc, char **argv);     /* rank held-out events with a model (evaluate.c) */   /* print the effective config (main.c) */
+int eval_main(int argc, char **argv);     /* rank held-out events with a model (evaluate.c) */
+int report_main(int argc, char **argv);   /* copy variants' performance (report.c) */
 
 /* The config path a command uses when -c is not given. */
 const char *commands_default_config(void);

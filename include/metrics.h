@@ -35,6 +35,8 @@ typedef enum {
     MET_SUPPRESSED_MIN_INTERVAL,  /* copystream_copies_suppressed_total{reason=...} */
     MET_SUPPRESSED_NO_CANDIDATES,
     MET_SUPPRESSED_RENDER_ERROR,
+    MET_SUPPRESSED_HOLDOUT,
+    MET_SUPPRESSED_NO_CONSENT,
     MET_REDIS_ERR_CONNECTION,     /* copystream_redis_errors_total{kind=...} */
     MET_REDIS_ERR_TIMEOUT,
     MET_REDIS_ERR_REPLY,
@@ -50,6 +52,9 @@ typedef enum {
     MET_STATE_CACHE_EVICTIONS,    /* copystream_state_cache_evictions_total */
     MET_ASSIGNED_PARTITIONS,      /* gauge copystream_assigned_partitions */
     MET_BATCHES,                  /* copystream_batches_total */
+    MET_REACTIONS_ATTRIBUTED,     /* copystream_reactions_attributed_total{result=...} */
+    MET_REACTIONS_LATE,
+    MET_REACTIONS_UNKNOWN,
     MET__COUNT
 } metric_id;
 

@@ -11,7 +11,7 @@
  *                        each of those events;
  *   recommend_pick()     scores every item for a batch of such h at once
  *                        (one sgemm per chunk) and keeps each one's top k,
- *                        excluding what the user bought, what is out of
+ *                        excluding what the user bought or dismissed, what is out of
  *                        stock or not in the catalog, and the item of the
  *                        triggering event.
  *
@@ -73,7 +73,7 @@ int recommend_advance(recommender *r, const catalog *cat, recommend_work *w, siz
                       char *errstr, size_t errlen);
 
 /* One copy to fill: h (dim floats) after the triggering event, the user's
- * preferences as of that event (prefs: bought items and affinities), the
+ * preferences as of that event (prefs: bought and dismissed items, affinities), the
  * event's item to leave out and the strategy parameters (k, reasons,
  * locale, event time). The result has the picks, their titles and the
  * reasons, as strategy_affinity() would give them. */

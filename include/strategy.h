@@ -65,8 +65,8 @@ typedef struct {
  * product of the user's attribute vector with the item's (binary) one over the
  * item's norm -- a cosine similarity up to the user's constant norm -- so an
  * item does not win by listing many attributes. Unavailable items, items the
- * user bought and exclude_item are never picked; equal scores go to the lower
- * item_hash.
+ * user bought or dismissed (userstate_excluded() at at_s) and exclude_item
+ * are never picked; equal scores go to the lower item_hash.
  *
  * Reasons: the top pick's attributes with positive user affinity and a phrase
  * in the locale (an attribute without one is skipped, never shown in another

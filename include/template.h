@@ -53,4 +53,18 @@ int templates_render(const templates *t, const char *intent, const char *locale,
                      const char **template_id, const char **variant_id, char *errstr,
                      size_t errlen);
 
+/* The variants of (intent, locale): how many there are, and the name of the
+ * i-th in the order templates_render() counts them (choice = i renders it).
+ * The bandit (bandit.c) chooses among them by index. */
+size_t templates_variant_count(const templates *t, const char *intent, const char *locale);
+const char *templates_variant_name(const templates *t, const char *intent, const char *locale,
+                                   size_t i);
+
+/* Every template, in id order: how many, and the parts of the i-th
+ * (intent, locale, variant; any pointer may be NULL). Returns 0, or -1 when
+ * i is out of range. The strings point into t. */
+size_t templates_count(const templates *t);
+int templates_at(const templates *t, size_t i, const char **intent, const char **locale,
+                 const char **variant);
+
 #endif

@@ -75,6 +75,28 @@ typedef struct {
     int fresh;                /* added since load: not yet in Redis */
 } us_outbox;
 
+/* A copy made for the user -- or withheld from them, in the holdout group --
+ * remembered so that reactions to it can be attributed to the template
+ * variant and segment that made it (bandit.h). Its copy id is the source
+ * position of the event that triggered it. */
+enum { US_COPYREC_HOLDOUT = 1 };
+
+typedef struct {
+    int32_t partition;        /* clickstream position of the triggering event */
+    int64_t offset;
+    int64_t ts_ms;            /* its event time */
+    uint64_t arm;             /* util_hash of the template id (bandit.h) */
+    uint64_t item;            /* util_hash of the first promoted item; 0: none */
+    uint8_t segment;          /* the user's bandit segment when the copy was made */
+    uint8_t flags;            /* US_COPYREC_* */
+} us_copyrec;
+
+/* An item the user dismissed, not to be promoted to them until until_s. */
+typedef struct {
+    uint64_t item;            /* util_hash(item_id) */
+    uint32_t until_s;         /* event time, Unix seconds */
+} us_dismissed;
+
 /* Which parts changed since load, so that a write sends only those fields. */
 enum {
     US_DIRTY_SEQ = 1 << 0,
@@ -86,6 +108,8 @@ enum {
     US_DIRTY_META = 1 << 6,   /* times, locale */
     US_DIRTY_WM = 1 << 7,
     US_DIRTY_OUTBOX = 1 << 8,
+    US_DIRTY_COPYRECS = 1 << 9,
+    US_DIRTY_OPTOUT = 1 << 10, /* dismissed items, consent */
 };
 
 typedef struct {
@@ -110,6 +134,11 @@ typedef struct {
     size_t n_wm, cap_wm;
     us_outbox *outbox;        /* [n_outbox] */
     size_t n_outbox, cap_outbox;
+    us_copyrec *copyrecs;     /* [n_copyrecs], oldest first */
+    size_t n_copyrecs, cap_copyrecs;
+    us_dismissed *dismissed;  /* [n_dismissed] */
+    size_t n_dismissed, cap_dismissed;
+    int64_t unsub_ms;         /* event time of the user's unsubscribe; 0: consent stands */
     unsigned dirty;           /* US_DIRTY_* since load */
 } user_state;
 
@@ -119,7 +148,7 @@ void userstate_clear(user_state *s);
 /* Deep copy; returns 0 or -1 (dst is then cleared). */
 int userstate_copy(user_state *dst, const user_state *src);
 /* Copies what the strategies read of a user -- category and attribute
- * affinities, bought items, locale -- into dst, reusing dst's arrays; the
+ * affinities, bought and dismissed items, locale -- into dst, reusing dst's arrays; the
  * rest of dst is left as it was. Returns 0 or -1 (memory). */
 int userstate_copy_prefs(user_state *dst, const user_state *src);
 
@@ -153,6 +182,29 @@ float userstate_affinity_at(const us_affinities *v, uint64_t key, uint32_t at_s,
 
 int userstate_has_bought(const user_state *s, uint64_t item);
 
+/* May item not be promoted to the user at event time at_s: bought, or
+ * dismissed until after at_s? The strategies' exclusion rule. */
+int userstate_excluded(const user_state *s, uint64_t item, uint32_t at_s);
+
+/* Remembers a copy record (made by the caller), dropping records whose event
+ * time is more than window_ms before the newest one's, and the oldest beyond
+ * max. A record at the same position replaces the old one. Returns 0 or -1
+ * (memory; s unchanged). */
+int userstate_copyrec_add(user_state *s, const us_copyrec *r, size_t max, int64_t window_ms);
+/* The record of the copy triggered at (partition, offset), or NULL. */
+const us_copyrec *userstate_copyrec_find(const user_state *s, int32_t partition, int64_t offset);
+/* The most recent record with an event time at or before at_ms (the last
+ * touch before a reaction that names no copy), or NULL. */
+const us_copyrec *userstate_copyrec_last(const user_state *s, int64_t at_ms);
+
+/* Hides item from the user until event time until_s (a later until wins for
+ * an item dismissed twice). Entries expired at now_s are dropped, and beyond
+ * max the ones expiring first. Returns 0 or -1 (memory; s unchanged). */
+int userstate_dismiss(user_state *s, uint64_t item, uint32_t until_s, uint32_t now_s, size_t max);
+/* Records an unsubscribe at event time ts_ms: no copy is made for the user
+ * from then on. The earliest unsubscribe counts. */
+void userstate_revoke_consent(user_state *s, int64_t ts_ms);
+
 /* Records a copy caused by the event at (partition, offset) in the outbox;
  * takes a copy of msg. Returns 0 or -1. */
 int userstate_outbox_add(user_state *s, int32_t partition, int64_t offset, const void *msg,
@@ -171,8 +223,9 @@ int64_t userstate_watermark(const user_state *s, uint8_t topic, int32_t partitio
  * "n.<event type>", "r.<reaction type>", "dup" (counters, decimal), "t0",
  * "t1", "lc" (event times in ms), "loc" (locale), "w.c.<partition>" and
  * "w.r.<partition>" (applied offsets of clickstream and reactions) and
- * "o.<partition>.<offset>" (outbox copies). "v", the CAS version, belongs to
- * store.c and is not among them. */
+ * "o.<partition>.<offset>" (outbox copies), "cp" and "dis" (copy records and
+ * dismissed items, versioned blobs) and "ns" (unsubscribe event time, ms).
+ * "v", the CAS version, belongs to store.c and is not among them. */
 typedef struct {
     char name[48];
     buf value;

@@ -71,6 +71,8 @@ static const struct {
     [MET_SUPPRESSED_MIN_INTERVAL] = {"reason", "min_interval"},
     [MET_SUPPRESSED_NO_CANDIDATES] = {"reason", "no_candidates"},
     [MET_SUPPRESSED_RENDER_ERROR] = {"reason", "render_error"},
+    [MET_SUPPRESSED_HOLDOUT] = {"reason", "holdout"},
+    [MET_SUPPRESSED_NO_CONSENT] = {"reason", "no_consent"},
     [MET_REDIS_ERR_CONNECTION] = {"kind", "connection"},
     [MET_REDIS_ERR_TIMEOUT] = {"kind", "timeout"},
     [MET_REDIS_ERR_REPLY] = {"kind", "reply"},
@@ -81,6 +83,9 @@ static const struct {
     [MET_KAFKA_ERR_FATAL] = {"kind", "fatal"},
     [MET_STATE_CACHE_HIT] = {"result", "hit"},
     [MET_STATE_CACHE_MISS] = {"result", "miss"},
+    [MET_REACTIONS_ATTRIBUTED] = {"result", "attributed"},
+    [MET_REACTIONS_LATE] = {"result", "late"},
+    [MET_REACTIONS_UNKNOWN] = {"result", "unknown"},
 };
 
 /* ---------------------------------------------------------------- updates */
@@ -429,7 +434,7 @@ static const family families[] = {
     {"copystream_copies_produced_total", "counter",
      "Personalized copies published, by locale and strategy.", samples_copies, 0, 0},
     {"copystream_copies_suppressed_total", "counter", "Copies not produced, by reason.",
-     SIMPLE(MET_SUPPRESSED_MIN_INTERVAL, MET_SUPPRESSED_RENDER_ERROR)},
+     SIMPLE(MET_SUPPRESSED_MIN_INTERVAL, MET_SUPPRESSED_NO_CONSENT)},
     {"copystream_dead_lettered_total", "counter",
      "Messages sent to the dead-letter topic, by decode failure.", samples_dead_letters, 0, 0},
     {"copystream_processing_seconds", "histogram",
@@ -454,6 +459,10 @@ static const family families[] = {
      SIMPLE(MET_ASSIGNED_PARTITIONS, MET_ASSIGNED_PARTITIONS)},
     {"copystream_batches_total", "counter", "Batches committed.",
      SIMPLE(MET_BATCHES, MET_BATCHES)},
+    {"copystream_reactions_attributed_total", "counter",
+     "Reactions by attribution to their copy: attributed, late (outside the attribution "
+     "window) or unknown (no such copy remembered).",
+     SIMPLE(MET_REACTIONS_ATTRIBUTED, MET_REACTIONS_UNKNOWN)},
     {"copystream_build_info", "gauge", "Always 1; the version is in the label.",
      samples_build_info, 0, 0},
     {"copystream_up", "gauge", "Always 1 while the process serves metrics.", samples_up, 0, 0},

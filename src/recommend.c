@@ -316,7 +316,7 @@ static int rec_skip_hash(const rec_skip_ctx *x, uint64_t item) {
     if (item == x->q->params.exclude_item) return 1;
     const catalog_entry *e = catalog_get(x->cat, item);
     if (!e || !e->item.available) return 1;
-    return userstate_has_bought(x->q->prefs, item);
+    return userstate_excluded(x->q->prefs, item, x->q->params.at_s);
 }
 
 static int rec_skip_known(void *ctx, int32_t row) {

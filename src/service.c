@@ -48,6 +48,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bandit.h"
 #include "cache.h"
 #include "catalog.h"
 #include "codec.h"
@@ -78,6 +79,9 @@ static const char *const svc_kind_names[SVC__KINDS] = {"affinity", "transformer"
 
 enum { SVC_CLICK = 1, SVC_REACTION, SVC_DEAD };
 
+/* Reasons a due copy is not made, as counted in svc_flight. */
+#define SVC_N_SUPPRESSED (MET_SUPPRESSED_NO_CONSENT - MET_SUPPRESSED_MIN_INTERVAL + 1)
+
 typedef struct svc_user svc_user;
 
 typedef struct svc_item {
@@ -95,6 +99,8 @@ typedef struct svc_item {
     uint64_t seq_pos;         /* the user's seq_total once this event was appended; 0: not */
     long snap;                /* its copy is due: index into svc.snaps; -1: none due */
     int strategy;             /* SVC_AFFINITY or SVC_TRANSFORMER, of the copy made */
+    int segment;              /* the user's bandit segment when its copy was due */
+    int attribution;          /* a new reaction's bandit_attribution + 1, or 0 */
 } svc_item;
 
 /* What a due copy needs from its user as of its event, for it is made only
@@ -165,7 +171,8 @@ typedef struct {
     size_t n_polled;
     uint64_t events[EV__COUNT], reactions[RX__COUNT], dead[CODEC__COUNT];
     uint64_t skipped_dup, skipped_redelivered;
-    uint64_t suppressed[3];   /* by MET_SUPPRESSED_* - MET_SUPPRESSED_MIN_INTERVAL */
+    uint64_t suppressed[SVC_N_SUPPRESSED]; /* by MET_SUPPRESSED_* - MET_SUPPRESSED_MIN_INTERVAL */
+    uint64_t attributed[BANDIT__ATTRIBUTIONS]; /* new reactions, by attribution */
     uint64_t *copies;         /* [n_locales][SVC__KINDS] copies published, by locale and kind */
 } svc_flight;
 
@@ -188,6 +195,7 @@ typedef struct svc {
     codec *codec;
     catalog *catalog;
     templates *tpl;
+    bandit *bandit;           /* variant choice, attribution, shared statistics */
     store *store;
     cache *cache;
     rd_kafka_t *consumer, *catalog_consumer, *producer;
@@ -600,8 +608,11 @@ static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const 
     const char *template_id = NULL, *variant_id = NULL;
     char why[256];
     buf_reset(&s->text);
-    if (templates_render(s->tpl, SVC_INTENT, locale, util_hash(e->event_id), &in, &s->text,
-                         &template_id, &variant_id, why, sizeof why) < 0) {
+    uint64_t arm;
+    size_t choice = bandit_choose(s->bandit, SVC_INTENT, locale, it->segment,
+                                  util_hash(e->event_id), &arm);
+    if (templates_render(s->tpl, SVC_INTENT, locale, choice, &in, &s->text, &template_id,
+                         &variant_id, why, sizeof why) < 0) {
         log_warn("service", "no copy for event %s of user %s: %s", e->event_id, u->user_id, why);
         it->suppressed = MET_SUPPRESSED_RENDER_ERROR + 1;
         return 0;
@@ -636,7 +647,9 @@ static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const 
         it->suppressed = MET_SUPPRESSED_RENDER_ERROR + 1;
         return 0;
     }
-    if (userstate_outbox_add(&u->st, m->partition, m->offset, s->scratch.p, s->scratch.len) < 0)
+    if (userstate_outbox_add(&u->st, m->partition, m->offset, s->scratch.p, s->scratch.len) < 0 ||
+        bandit_copy_made(s->bandit, &u->st, m->partition, m->offset, e->ts_ms, arm,
+                         util_hash(items[0].item_id), it->segment, 0) < 0)
         return -1;
     return 1;
 }
@@ -658,6 +671,9 @@ static int svc_apply_user(svc *s, svc_user *u) {
             int r = userstate_apply_reaction(&u->st, &s->up, &it->rx, m->partition, m->offset);
             if (r < 0) return -1;
             it->outcome = r;
+            int at = bandit_on_reaction(s->bandit, &u->st, &it->rx, r);
+            if (at < 0) return -1;
+            if (r == US_APPLIED) it->attribution = at + 1;
             continue;
         }
         const click_event *e = &it->click;
@@ -673,15 +689,31 @@ static int svc_apply_user(svc *s, svc_user *u) {
             /* Applied before a crash or a failed batch: if it caused a copy,
              * that copy is still in the outbox and goes out again, as is. */
             it->publish = userstate_outbox_find(&u->st, m->partition, m->offset) != NULL;
+            if (bandit_copy_again(s->bandit, &u->st, m->partition, m->offset) < 0) return -1;
             continue;
         }
         if (r != US_APPLIED || !(s->trigger_mask & (1u << e->type))) continue;
+        if (u->st.unsub_ms) {
+            it->suppressed = MET_SUPPRESSED_NO_CONSENT + 1;
+            continue;
+        }
         if (u->st.last_copy_ms && e->ts_ms - u->st.last_copy_ms < s->min_interval_ms) {
             it->suppressed = MET_SUPPRESSED_MIN_INTERVAL + 1;
             continue;
         }
         u->st.last_copy_ms = e->ts_ms;
         u->st.dirty |= US_DIRTY_META;
+        it->segment = bandit_segment_of(&u->st);
+        if (bandit_in_holdout(s->bandit, u->user_id)) {
+            /* Withheld, but remembered like a copy: the conversions that
+             * follow it measure what copy is worth. */
+            it->suppressed = MET_SUPPRESSED_HOLDOUT + 1;
+            uint64_t arm = bandit_holdout_arm(SVC_INTENT, svc_locale(s, u->st.locale));
+            if (bandit_copy_made(s->bandit, &u->st, m->partition, m->offset, e->ts_ms, arm, 0,
+                                 it->segment, 1) < 0)
+                return -1;
+            continue;
+        }
         if (s->rec && it->seq_pos >= s->model_min_events) {
             svc_snap *sn = &s->snaps[s->n_snaps];
             if (userstate_copy_prefs(&sn->prefs, &u->st) < 0) return -1;
@@ -797,6 +829,7 @@ static void svc_flight_reset(svc_flight *f, size_t n_locales) {
     memset(f->dead, 0, sizeof f->dead);
     f->skipped_dup = f->skipped_redelivered = 0;
     memset(f->suppressed, 0, sizeof f->suppressed);
+    memset(f->attributed, 0, sizeof f->attributed);
     memset(f->copies, 0, n_locales * SVC__KINDS * sizeof *f->copies);
 }
 
@@ -983,6 +1016,7 @@ static void svc_flight_tally(svc *s, svc_flight *f) {
         f->skipped_dup += it->outcome == US_DUPLICATE;
         f->skipped_redelivered += it->outcome == US_ALREADY_APPLIED;
         if (it->suppressed) f->suppressed[it->suppressed - 1 - MET_SUPPRESSED_MIN_INTERVAL]++;
+        if (it->attribution) f->attributed[it->attribution - 1]++;
         if (it->publish && it->kind == SVC_CLICK) {
             const char *loc = svc_locale(s, it->user->st.locale);
             int kind = it->outcome == US_ALREADY_APPLIED ? SVC_REPUBLISHED : it->strategy;
@@ -1011,8 +1045,10 @@ static void svc_flight_report(svc *s, const svc_flight *f, int64_t now_us) {
     }
     metrics_inc(MET_SKIPPED_DUPLICATE, f->skipped_dup);
     metrics_inc(MET_SKIPPED_REDELIVERED, f->skipped_redelivered);
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < SVC_N_SUPPRESSED; k++)
         metrics_inc((metric_id)(MET_SUPPRESSED_MIN_INTERVAL + k), f->suppressed[k]);
+    for (int k = 0; k < BANDIT__ATTRIBUTIONS; k++)
+        metrics_inc((metric_id)(MET_REACTIONS_ATTRIBUTED + k), f->attributed[k]);
     for (size_t k = 0; k < s->n_locales; k++)
         for (int kind = 0; kind < SVC__KINDS; kind++) {
             uint64_t n = f->copies[k * SVC__KINDS + (size_t)kind];
@@ -1045,6 +1081,14 @@ static int svc_confirm(svc *s, svc_flight *f) {
                  conflicts);
         return -1;
     }
+    /* The batch's states are durable: now its bandit counts may go
+     * (acknowledged before the commit, in svc_complete). */
+    if (bandit_send(s->bandit, err, sizeof err) < 0) {
+        metrics_inc(MET_REDIS_ERR_CONNECTION, 1);
+        atomic_store(&s->redis_ok, 0);
+        log_error("service", "updating the bandit statistics: %s", err);
+        return -1;
+    }
     atomic_store(&s->redis_ok, 1);
     size_t pos = 0;
     const uint8_t *p = (const uint8_t *)f->pub.p;
@@ -1071,6 +1115,13 @@ static int svc_confirm(svc *s, svc_flight *f) {
  * delivered (the caller rewinds). */
 static int svc_complete(svc *s, svc_flight *f) {
     if (svc_wait_acks(s, f) < 0) return -1;
+    char err[512];
+    if (bandit_wait(s->bandit, err, sizeof err) < 0) {
+        metrics_inc(MET_REDIS_ERR_CONNECTION, 1);
+        atomic_store(&s->redis_ok, 0);
+        log_error("service", "updating the bandit statistics: %s", err);
+        return -1;
+    }
     int committed = svc_commit(s, f) == 0;
     svc_flight_report(s, f, util_monotonic_us());
     f->phase = FLIGHT_FREE;
@@ -1158,6 +1209,9 @@ static int svc_send(svc *s, svc_flight *f, char *err, size_t errlen) {
         return -1;
     }
     svc_clear_purges(s); /* if the write fails, the copies' refs come back on reload */
+    /* The batch's bandit counts follow its writes: sent once they are
+     * confirmed (svc_confirm); the markers make a retried batch harmless. */
+    if (bandit_seal(s->bandit) < 0) return util_err(err, errlen, "bandit: too many batches");
     svc_flight_tally(s, f);
     f->phase = FLIGHT_WRITING;
     return 0;
@@ -1179,6 +1233,7 @@ static void svc_recover(svc *s) {
     } else {
         rd_kafka_flush(s->producer, 30000);
     }
+    bandit_discard(s->bandit);
     svc_rewind(s);
     svc_end_batch(s, 0);
     for (int k = 0; k < 3; k++) svc_flight_reset(&s->flight[k], s->n_locales);
@@ -1565,6 +1620,9 @@ static int svc_loop(svc *s) {
         } else {
             svc_settle(s);
             svc_flush_purges(s);
+            char err[512];
+            if (bandit_refresh_if_due(s->bandit, err, sizeof err) < 0)
+                log_warn("service", "refreshing the bandit statistics: %s", err);
         }
         int64_t now = util_monotonic_us();
         if (now - s->last_lag_us > 1000000) {
@@ -1594,6 +1652,7 @@ static void svc_free(svc *s) {
     if (s->producer) rd_kafka_destroy(s->producer);
     store_free(s->store);
     cache_free(s->cache);
+    bandit_free(s->bandit);
     templates_free(s->tpl);
     catalog_free(s->catalog);
     codec_free(s->codec);
@@ -1738,6 +1797,9 @@ int run_main(int argc, char **argv) {
         log_info("service", "model %s loaded: %s", s.model_path, recommend_version(s.rec));
     }
     if (!(s.store = store_new(cfg, err, sizeof err))) goto startup_err;
+    if (!(s.bandit = bandit_new(cfg, s.tpl, s.t_click, err, sizeof err)) ||
+        bandit_refresh(s.bandit, err, sizeof err) < 0)
+        goto startup_err;
     atomic_store(&s.redis_ok, 1);
     if (!(s.producer = kafka_producer_new(cfg, &s.dr, err, sizeof err))) goto startup_err;
     const char *outputs[] = {s.t_copy, s.t_dlq};

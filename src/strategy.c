@@ -185,7 +185,7 @@ static void consider(ctx *x, const catalog_entry *e) {
     size_t at = out->n_picks;
     while (at > 0 && pick_beats(score, e->item_hash, &out->picks[at - 1])) at--;
     if (at >= x->p->k) return;
-    if (userstate_has_bought(x->u, e->item_hash)) return;
+    if (userstate_excluded(x->u, e->item_hash, x->p->at_s)) return;
     if (out->n_picks < x->p->k) out->n_picks++;
     memmove(out->picks + at + 1, out->picks + at, (out->n_picks - 1 - at) * sizeof *out->picks);
     out->picks[at] = (strategy_pick){e, NULL, score};

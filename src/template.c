@@ -280,6 +280,32 @@ static const tmpl *tmpl_find(const templates *t, const char *intent, const char 
     return NULL;
 }
 
+size_t templates_variant_count(const templates *t, const char *intent, const char *locale) {
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++)
+        n += !strcmp(t->v[i].intent, intent) && !strcmp(t->v[i].locale, locale);
+    return n;
+}
+
+const char *templates_variant_name(const templates *t, const char *intent, const char *locale,
+                                   size_t i) {
+    const tmpl *tp = i < templates_variant_count(t, intent, locale)
+                         ? tmpl_find(t, intent, locale, (uint64_t)i)
+                         : NULL;
+    return tp ? tp->variant : NULL;
+}
+
+size_t templates_count(const templates *t) { return t->n; }
+
+int templates_at(const templates *t, size_t i, const char **intent, const char **locale,
+                 const char **variant) {
+    if (i >= t->n) return -1;
+    if (intent) *intent = t->v[i].intent;
+    if (locale) *locale = t->v[i].locale;
+    if (variant) *variant = t->v[i].variant;
+    return 0;
+}
+
 templates *templates_load(const char *path, const char *const *locales, size_t n_locales,
                           char *errstr, size_t errlen) {
     loader ld = {0};

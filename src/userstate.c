@@ -50,6 +50,8 @@ void userstate_clear(user_state *s) {
     free(s->wm);
     for (size_t i = 0; i < s->n_outbox; i++) buf_free(&s->outbox[i].msg);
     free(s->outbox);
+    free(s->copyrecs);
+    free(s->dismissed);
     userstate_init(s);
 }
 
@@ -87,6 +89,8 @@ int userstate_copy(user_state *dst, const user_state *src) {
     dst->wm = NULL;
     dst->outbox = NULL;
     dst->n_outbox = dst->cap_outbox = 0;
+    dst->copyrecs = NULL;
+    dst->dismissed = NULL;
     if (us_dup_array((void **)&dst->seq, &dst->cap_seq, src->seq, src->n_seq, sizeof *src->seq) ||
         us_dup_array((void **)&dst->cats.v, &dst->cats.cap, src->cats.v, src->cats.n,
                      sizeof *src->cats.v) ||
@@ -96,7 +100,11 @@ int userstate_copy(user_state *dst, const user_state *src) {
                      sizeof *src->bought) ||
         us_dup_array((void **)&dst->seen, &dst->cap_seen, src->seen, src->n_seen,
                      sizeof *src->seen) ||
-        us_dup_array((void **)&dst->wm, &dst->cap_wm, src->wm, src->n_wm, sizeof *src->wm))
+        us_dup_array((void **)&dst->wm, &dst->cap_wm, src->wm, src->n_wm, sizeof *src->wm) ||
+        us_dup_array((void **)&dst->copyrecs, &dst->cap_copyrecs, src->copyrecs, src->n_copyrecs,
+                     sizeof *src->copyrecs) ||
+        us_dup_array((void **)&dst->dismissed, &dst->cap_dismissed, src->dismissed,
+                     src->n_dismissed, sizeof *src->dismissed))
         goto err;
     for (size_t i = 0; i < src->n_outbox; i++) {
         const us_outbox *o = &src->outbox[i];
@@ -121,10 +129,14 @@ static int us_copy_affinities(us_affinities *dst, const us_affinities *src) {
 int userstate_copy_prefs(user_state *dst, const user_state *src) {
     if (us_copy_affinities(&dst->cats, &src->cats) < 0 ||
         us_copy_affinities(&dst->attrs, &src->attrs) < 0 ||
-        US_GROW(dst->bought, dst->cap_bought, src->n_bought) < 0)
+        US_GROW(dst->bought, dst->cap_bought, src->n_bought) < 0 ||
+        US_GROW(dst->dismissed, dst->cap_dismissed, src->n_dismissed) < 0)
         return -1;
     if (src->n_bought) memcpy(dst->bought, src->bought, src->n_bought * sizeof *src->bought);
     dst->n_bought = src->n_bought;
+    if (src->n_dismissed)
+        memcpy(dst->dismissed, src->dismissed, src->n_dismissed * sizeof *src->dismissed);
+    dst->n_dismissed = src->n_dismissed;
     memcpy(dst->locale, src->locale, sizeof dst->locale);
     return 0;
 }
@@ -137,6 +149,8 @@ size_t userstate_bytes(const user_state *s) {
     b += s->cap_seen * sizeof *s->seen;
     b += s->cap_wm * sizeof *s->wm;
     b += s->cap_outbox * sizeof *s->outbox;
+    b += s->cap_copyrecs * sizeof *s->copyrecs;
+    b += s->cap_dismissed * sizeof *s->dismissed;
     for (size_t i = 0; i < s->n_outbox; i++) b += s->outbox[i].msg.cap;
     return b;
 }
@@ -232,6 +246,12 @@ int userstate_has_bought(const user_state *s, uint64_t item) {
     for (size_t i = 0; i < s->n_bought; i++)
         if (s->bought[i] == item) return 1;
     return 0;
+}
+
+int userstate_excluded(const user_state *s, uint64_t item, uint32_t at_s) {
+    for (size_t i = 0; i < s->n_dismissed; i++)
+        if (s->dismissed[i].item == item && s->dismissed[i].until_s > at_s) return 1;
+    return userstate_has_bought(s, item);
 }
 
 /* Is id an upstream duplicate? If not, remembers it. The remembered ids are
@@ -356,6 +376,72 @@ int userstate_apply_reaction(user_state *s, const userstate_params *p, const rea
     }
     s->dirty |= US_DIRTY_COUNTS;
     return dup ? US_DUPLICATE : US_APPLIED;
+}
+
+/* ---- reactions' effects: copy records, dismissals, consent ---------------- */
+
+int userstate_copyrec_add(user_state *s, const us_copyrec *r, size_t max, int64_t window_ms) {
+    if (max == 0) return 0;
+    if (US_GROW(s->copyrecs, s->cap_copyrecs, s->n_copyrecs + 1) < 0) return -1;
+    size_t keep = 0;
+    for (size_t i = 0; i < s->n_copyrecs; i++)
+        if (s->copyrecs[i].partition != r->partition || s->copyrecs[i].offset != r->offset)
+            s->copyrecs[keep++] = s->copyrecs[i];
+    s->copyrecs[keep++] = *r;
+    int64_t newest = r->ts_ms;
+    for (size_t i = 0; i < keep; i++)
+        if (s->copyrecs[i].ts_ms > newest) newest = s->copyrecs[i].ts_ms;
+    /* Past the window nothing can be attributed to a record any more. */
+    size_t n = 0, drop = keep > max ? keep - max : 0;
+    for (size_t i = 0; i < keep; i++)
+        if (i >= drop && newest - s->copyrecs[i].ts_ms <= window_ms)
+            s->copyrecs[n++] = s->copyrecs[i];
+    s->n_copyrecs = n;
+    s->dirty |= US_DIRTY_COPYRECS;
+    return 0;
+}
+
+const us_copyrec *userstate_copyrec_find(const user_state *s, int32_t partition, int64_t offset) {
+    for (size_t i = 0; i < s->n_copyrecs; i++)
+        if (s->copyrecs[i].partition == partition && s->copyrecs[i].offset == offset)
+            return &s->copyrecs[i];
+    return NULL;
+}
+
+const us_copyrec *userstate_copyrec_last(const user_state *s, int64_t at_ms) {
+    const us_copyrec *best = NULL;
+    for (size_t i = 0; i < s->n_copyrecs; i++)
+        if (s->copyrecs[i].ts_ms <= at_ms && (!best || s->copyrecs[i].ts_ms >= best->ts_ms))
+            best = &s->copyrecs[i];
+    return best;
+}
+
+int userstate_dismiss(user_state *s, uint64_t item, uint32_t until_s, uint32_t now_s, size_t max) {
+    if (max == 0) return 0;
+    if (US_GROW(s->dismissed, s->cap_dismissed, s->n_dismissed + 1) < 0) return -1;
+    size_t i = 0;
+    while (i < s->n_dismissed && s->dismissed[i].item != item) i++;
+    if (i == s->n_dismissed) s->dismissed[s->n_dismissed++] = (us_dismissed){item, until_s};
+    else if (s->dismissed[i].until_s < until_s) s->dismissed[i].until_s = until_s;
+    size_t keep = 0;
+    for (size_t k = 0; k < s->n_dismissed; k++)
+        if (s->dismissed[k].until_s > now_s) s->dismissed[keep++] = s->dismissed[k];
+    s->n_dismissed = keep;
+    while (s->n_dismissed > max) { /* drop the one expiring first */
+        size_t first = 0;
+        for (size_t k = 1; k < s->n_dismissed; k++)
+            if (s->dismissed[k].until_s < s->dismissed[first].until_s) first = k;
+        s->dismissed[first] = s->dismissed[--s->n_dismissed];
+    }
+    s->dirty |= US_DIRTY_OPTOUT;
+    return 0;
+}
+
+void userstate_revoke_consent(user_state *s, int64_t ts_ms) {
+    if (ts_ms <= 0) ts_ms = 1; /* 0 means "consent stands" */
+    if (s->unsub_ms && s->unsub_ms <= ts_ms) return;
+    s->unsub_ms = ts_ms;
+    s->dirty |= US_DIRTY_OPTOUT;
 }
 
 /* ---- outbox -------------------------------------------------------------- */
@@ -491,6 +577,23 @@ int userstate_encode(const user_state *s, unsigned which, userstate_fields *out)
             if (us_field_i64(out, name, s->wm[i].offset)) return -1;
         }
     }
+    if (which & US_DIRTY_COPYRECS) {
+        if (!(b = us_field_new(out, "cp")) || buf_put_u8(b, US_BLOB_VERSION)) return -1;
+        for (size_t i = 0; i < s->n_copyrecs; i++) {
+            const us_copyrec *r = &s->copyrecs[i];
+            if (buf_put_u32le(b, (uint32_t)r->partition) || buf_put_u64le(b, (uint64_t)r->offset) ||
+                buf_put_u64le(b, (uint64_t)r->ts_ms) || buf_put_u64le(b, r->arm) ||
+                buf_put_u64le(b, r->item) || buf_put_u8(b, r->segment) || buf_put_u8(b, r->flags))
+                return -1;
+        }
+    }
+    if (which & US_DIRTY_OPTOUT) {
+        if (!(b = us_field_new(out, "dis")) || buf_put_u8(b, US_BLOB_VERSION)) return -1;
+        for (size_t i = 0; i < s->n_dismissed; i++)
+            if (buf_put_u64le(b, s->dismissed[i].item) || buf_put_u32le(b, s->dismissed[i].until_s))
+                return -1;
+        if (s->unsub_ms && us_field_i64(out, "ns", s->unsub_ms)) return -1;
+    }
     if (which & US_DIRTY_OUTBOX) {
         for (size_t i = 0; i < s->n_outbox; i++) {
             if (!s->outbox[i].fresh) continue;
@@ -542,7 +645,8 @@ int userstate_decode_field(user_state *s, const char *name, size_t name_len, con
     memcpy(fname, name, name_len);
     fname[name_len] = '\0';
     int is_blob = !strcmp(fname, "seq") || !strcmp(fname, "cat") || !strcmp(fname, "attr") ||
-                  !strcmp(fname, "buy") || !strcmp(fname, "seen");
+                  !strcmp(fname, "buy") || !strcmp(fname, "seen") || !strcmp(fname, "cp") ||
+                  !strcmp(fname, "dis");
     if (is_blob && (len < 1 || p[0] != US_BLOB_VERSION))
         return util_err(errstr, errlen, "field %s: unknown blob version", fname);
 
@@ -579,6 +683,37 @@ int userstate_decode_field(user_state *s, const char *name, size_t name_len, con
                 buf_get_u32le(p, len, &pos, &s->seen[i].ts_s))
                 goto bad;
         s->n_seen = n;
+    } else if (!strcmp(fname, "cp")) {
+        if ((len - 1) % 38) goto bad;
+        size_t n = (len - 1) / 38;
+        if (US_GROW(s->copyrecs, s->cap_copyrecs, n) < 0) goto oom;
+        for (size_t i = 0; i < n; i++) {
+            us_copyrec *r = &s->copyrecs[i];
+            uint32_t part;
+            uint64_t off, ts;
+            if (buf_get_u32le(p, len, &pos, &part) || buf_get_u64le(p, len, &pos, &off) ||
+                buf_get_u64le(p, len, &pos, &ts) || buf_get_u64le(p, len, &pos, &r->arm) ||
+                buf_get_u64le(p, len, &pos, &r->item) || buf_get_u8(p, len, &pos, &r->segment) ||
+                buf_get_u8(p, len, &pos, &r->flags) || part > INT32_MAX)
+                goto bad;
+            r->partition = (int32_t)part;
+            r->offset = (int64_t)off;
+            r->ts_ms = (int64_t)ts;
+        }
+        s->n_copyrecs = n;
+    } else if (!strcmp(fname, "dis")) {
+        if ((len - 1) % 12) goto bad;
+        size_t n = (len - 1) / 12;
+        if (US_GROW(s->dismissed, s->cap_dismissed, n) < 0) goto oom;
+        for (size_t i = 0; i < n; i++)
+            if (buf_get_u64le(p, len, &pos, &s->dismissed[i].item) ||
+                buf_get_u32le(p, len, &pos, &s->dismissed[i].until_s))
+                goto bad;
+        s->n_dismissed = n;
+    } else if (!strcmp(fname, "ns")) {
+        int64_t v;
+        if (us_parse_i64(value, len, &v) || v <= 0) goto bad;
+        s->unsub_ms = v;
     } else if (fname[0] == 'n' && fname[1] == '.') {
         int t = event_type_parse(fname + 2);
         int64_t v;

@@ -235,6 +235,11 @@ class Deployment:
     def user_keys(self, redis_client):
         return list(redis_client.scan_iter(match=f"{self.prefix}:u:*".encode(), count=1000))
 
+    def bandit_stats(self, redis_client, intent="recommendation"):
+        """The bandit's shared counters of an intent: {"<segment>.<locale>.<variant>.<counter>": n}."""
+        raw = redis_client.hgetall(f"{self.prefix}:bandit:{{{intent}}}".encode())
+        return {k.decode(): int(v) for k, v in raw.items()}
+
     def outbox_index_entries(self, redis_client):
         """Entries left in the outbox index (copies awaiting deletion)."""
         keys = redis_client.scan_iter(match=f"{self.prefix}:outbox:*".encode(), count=1000)

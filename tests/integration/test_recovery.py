@@ -1,7 +1,8 @@
 """Nothing lost, nothing counted twice: the service killed with SIGKILL at random
 moments mid-stream and restarted ends in exactly the state of a clean single
-pass over the same input, and publishes a copy for every event that caused one
-in the clean pass -- duplicates only as byte-identical republications.
+pass over the same input -- the bandit's shared statistics included -- and
+publishes a copy for every event that caused one in the clean pass --
+duplicates only as byte-identical republications.
 """
 
 import random
@@ -96,6 +97,10 @@ def test_killed_mid_stream_and_restarted_matches_a_clean_run(env, redis_client, 
         assert counted_events(killed, redis_client) == EVENTS
         assert state_without_versions(killed, redis_client) == \
             state_without_versions(clean, redis_client)
+        # The bandit's shared statistics count every copy once, however often
+        # its event was redelivered: exactly the clean run's.
+        assert clean.bandit_stats(redis_client), "no bandit statistics"
+        assert killed.bandit_stats(redis_client) == clean.bandit_stats(redis_client)
         # Every outbox copy was deleted once its offset was committed, including
         # those a killed instance left between its commit and its deletions.
         assert killed.outbox_index_entries(redis_client) == 0

@@ -388,6 +388,7 @@ static void test_page_is_well_formed_exposition(void **state) {
         {"copystream_state_cache_evictions_total", "counter"},
         {"copystream_assigned_partitions", "gauge"},
         {"copystream_batches_total", "counter"},
+        {"copystream_reactions_attributed_total", "counter"},
         {"copystream_build_info", "gauge"},
         {"copystream_up", "gauge"},
         {"copystream_start_time_seconds", "gauge"},

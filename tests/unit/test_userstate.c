@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "userstate.h"
@@ -213,6 +214,11 @@ static void test_hash_fields_round_trip(void **unused) {
     assert_int_equal(userstate_apply_reaction(&s, &p, &r, 5, 33), US_APPLIED);
     s.last_copy_ms = 1700000500000;
     assert_int_equal(userstate_outbox_add(&s, 2, 8, "copy-bytes", 10), 0);
+    us_copyrec rec = {2, 8, 1700000500000, 0x1234567890abcdefULL, util_hash("i3"), 1,
+                      US_COPYREC_HOLDOUT};
+    assert_int_equal(userstate_copyrec_add(&s, &rec, 16, 86400000), 0);
+    assert_int_equal(userstate_dismiss(&s, util_hash("i4"), 1700900000, 1700000600, 64), 0);
+    userstate_revoke_consent(&s, 1700000700000);
 
     userstate_fields f = {0};
     assert_int_equal(userstate_encode(&s, ~0u, &f), 0);
@@ -238,6 +244,13 @@ static void test_hash_fields_round_trip(void **unused) {
     const us_outbox *o = userstate_outbox_find(&t, 2, 8);
     assert_non_null(o);
     assert_memory_equal(o->msg.p, "copy-bytes", 10);
+    const us_copyrec *got = userstate_copyrec_find(&t, 2, 8);
+    assert_non_null(got);
+    assert_true(got->ts_ms == rec.ts_ms && got->arm == rec.arm && got->item == rec.item &&
+                got->segment == rec.segment && got->flags == rec.flags);
+    assert_true(userstate_excluded(&t, util_hash("i4"), 1700899999));
+    assert_false(userstate_excluded(&t, util_hash("i4"), 1700900000));
+    assert_true(t.unsub_ms == 1700000700000);
     buf_free(&a);
     buf_free(&b);
     userstate_clear(&s);
@@ -260,6 +273,59 @@ static void test_malformed_blob_is_refused(void **unused) {
     assert_int_equal(userstate_decode_field(&s, "n.view", 6, "12x", 3, why, sizeof why), -1);
     /* Unknown fields are left alone, for forward compatibility. */
     assert_int_equal(userstate_decode_field(&s, "zz.future", 9, "1", 1, why, sizeof why), 0);
+    userstate_clear(&s);
+}
+
+/* Records kept for attribution: bounded in number, and none older than the
+ * window behind the newest, because nothing could be attributed to them. */
+static void test_copy_records_keep_the_recent_within_the_window(void **unused) {
+    user_state s;
+    userstate_init(&s);
+    const int64_t t0 = 1700000000000, window = 3600000;
+    for (int i = 0; i < 6; i++) {
+        us_copyrec r = {0, 10 + i, t0 + i * 60000, (uint64_t)i + 1, 0, 0, 0};
+        assert_int_equal(userstate_copyrec_add(&s, &r, 4, window), 0);
+    }
+    assert_int_equal(s.n_copyrecs, 4); /* the 4 newest */
+    assert_null(userstate_copyrec_find(&s, 0, 11));
+    assert_non_null(userstate_copyrec_find(&s, 0, 12));
+    assert_true(userstate_copyrec_last(&s, t0 + 3 * 60000 + 1)->offset == 13);
+    assert_null(userstate_copyrec_last(&s, t0));
+    /* A copy two hours later leaves only itself within the window. */
+    us_copyrec late = {1, 3, t0 + 2 * window, 99, 0, 0, 0};
+    userstate_copyrec_add(&s, &late, 4, window);
+    assert_int_equal(s.n_copyrecs, 1);
+    assert_true(s.copyrecs[0].arm == 99);
+    /* The same position again replaces its record instead of adding one. */
+    late.arm = 100;
+    userstate_copyrec_add(&s, &late, 4, window);
+    assert_int_equal(s.n_copyrecs, 1);
+    assert_true(s.copyrecs[0].arm == 100);
+    assert_true(s.dirty & US_DIRTY_COPYRECS);
+    userstate_clear(&s);
+}
+
+static void test_dismissals_expire_and_are_bounded(void **unused) {
+    user_state s;
+    userstate_init(&s);
+    assert_int_equal(userstate_dismiss(&s, 1, 1000, 0, 3), 0);
+    userstate_dismiss(&s, 2, 2000, 0, 3);
+    userstate_dismiss(&s, 1, 500, 0, 3); /* the later end stays */
+    assert_true(userstate_excluded(&s, 1, 999));
+    assert_false(userstate_excluded(&s, 1, 1000));
+    userstate_dismiss(&s, 3, 3000, 0, 3);
+    userstate_dismiss(&s, 4, 4000, 0, 3); /* full: the one ending first goes */
+    assert_int_equal(s.n_dismissed, 3);
+    assert_false(userstate_excluded(&s, 1, 0));
+    assert_true(userstate_excluded(&s, 4, 3999));
+    userstate_dismiss(&s, 5, 5000, 2500, 3); /* now 2500: item 2 has expired */
+    assert_false(userstate_excluded(&s, 2, 0));
+    assert_int_equal(s.n_dismissed, 3);
+    /* Bought items stay excluded whatever the time. */
+    s.bought = malloc(sizeof *s.bought);
+    s.bought[0] = 42;
+    s.n_bought = s.cap_bought = 1;
+    assert_true(userstate_excluded(&s, 42, 4000000000u));
     userstate_clear(&s);
 }
 
@@ -292,6 +358,9 @@ static void test_copy_is_deep_and_equal(void **unused) {
     click_event e = ev("e", 1700000000000, EV_PURCHASE, "i", "cat");
     userstate_apply_click(&s, &p, &e, NULL, 0, 0, 1);
     userstate_outbox_add(&s, 0, 1, "xyz", 3);
+    us_copyrec rec = {0, 1, 1700000000000, 5, 6, 0, 0};
+    userstate_copyrec_add(&s, &rec, 8, 1000);
+    userstate_dismiss(&s, 9, 1800000000, 1700000000, 8);
     assert_int_equal(userstate_copy(&c, &s), 0);
     buf a = BUF_INIT, b = BUF_INIT;
     encode_all(&s, &a);
@@ -301,6 +370,8 @@ static void test_copy_is_deep_and_equal(void **unused) {
     userstate_clear(&s); /* the copy must not share memory with s */
     assert_int_equal(c.n_bought, 1);
     assert_memory_equal(userstate_outbox_find(&c, 0, 1)->msg.p, "xyz", 3);
+    assert_true(userstate_copyrec_find(&c, 0, 1)->item == 6);
+    assert_true(userstate_excluded(&c, 9, 1700000001));
     buf_free(&a);
     buf_free(&b);
     userstate_clear(&c);
@@ -317,6 +388,8 @@ int main(void) {
         cmocka_unit_test(test_purchases_are_remembered_bounded),
         cmocka_unit_test(test_hash_fields_round_trip),
         cmocka_unit_test(test_malformed_blob_is_refused),
+        cmocka_unit_test(test_copy_records_keep_the_recent_within_the_window),
+        cmocka_unit_test(test_dismissals_expire_and_are_bounded),
         cmocka_unit_test(test_outbox_writes_only_fresh_entries_and_trims),
         cmocka_unit_test(test_copy_is_deep_and_equal),
     };
