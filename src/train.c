@@ -1071,7 +1071,7 @@ int trainer_write(const trainer *t, const char *path, char *errstr, size_t errle
 
 typedef struct {
     int tty;
-    int epoch, epochs;
+    int epoch, epochs, patience;
     int64_t start_us, epoch_start_us;
     double best_ndcg;
     int best_epoch;
@@ -1086,10 +1086,13 @@ static void train_progress(void *ctx, int step, int steps, double loss, uint64_t
     int64_t now = util_monotonic_us();
     double secs = (double)(now - ui->epoch_start_us) / 1e6;
     double rate = secs > 0 ? (double)positions / secs : 0;
-    /* time left: this epoch's rest, then the remaining epochs at this pace */
+    /* time left: this epoch's rest, then the epochs until early stopping
+     * would end the run if validation did not improve again (each
+     * improvement moves that end), at this pace */
     double per_epoch = step ? secs * steps / step : 0;
+    int last = ui->best_epoch + ui->patience < ui->epochs ? ui->best_epoch + ui->patience : ui->epochs;
     double left = per_epoch * (steps - step) / (steps ? steps : 1) +
-                  per_epoch * (ui->epochs - ui->epoch);
+                  per_epoch * (last > ui->epoch ? last - ui->epoch : 0);
     if (ui->tty) {
         int width = 24, fill = steps ? step * width / steps : 0;
         char bar[32];
@@ -1259,7 +1262,8 @@ int train_main(int argc, char **argv) {
         goto err;
     }
     trainer_get_weights(t, best);
-    train_ui ui = {.tty = isatty(2), .epochs = p.epochs, .start_us = util_monotonic_us(), .best_epoch = 0};
+    train_ui ui = {.tty = isatty(2), .epochs = p.epochs, .patience = p.patience,
+                   .start_us = util_monotonic_us()};
     train_metrics m;
     for (int e = 1; e <= p.epochs; e++) {
         ui.epoch = e;
