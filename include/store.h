@@ -40,6 +40,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <hiredis.h>
+
 #include "buf.h"
 #include "config.h"
 #include "userstate.h"
@@ -53,6 +55,13 @@ typedef struct store store;
  * refuses us; errstr never contains the password. */
 store *store_new(const config *c, char *errstr, size_t errlen);
 void store_free(store *st);
+
+/* A new connection to the config's Redis made as store_new() makes its own:
+ * the password from redis.password or redis.password_file, AUTH (as
+ * redis.user when set), SELECT redis.db, the same errors. For other
+ * modules' connections (the bandit's); the caller owns it (redisFree).
+ * NULL with errstr. */
+redisContext *store_connect_config(const config *c, char *errstr, size_t errlen);
 
 /* Reads the hashes of n users in one pipelined round trip and decodes each
  * into states[i], which must be initialised and empty. A user without a hash

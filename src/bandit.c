@@ -33,6 +33,7 @@
 
 #include "dict.h"
 #include "log.h"
+#include "store.h"
 #include "util.h"
 
 static const char *const bandit_segment_names[BANDIT__SEGMENTS] = {"new", "returning"};
@@ -258,8 +259,9 @@ struct bandit {
     /* Redis */
     redisContext *ctx;
     uint64_t conn;            /* connections made so far: replies die with theirs */
-    char *host, *user, *password;
-    int port, db, timeout_ms;
+    const config *cfg;        /* the Redis endpoint and credentials (store_connect_config) */
+    char *host;               /* for messages */
+    int port;
     buf arena;                /* the strings of a command being built */
     const char **argv;
     size_t *argvlen;
@@ -316,44 +318,10 @@ static redisReply *bandit_command(redisContext *ctx, char *errstr, size_t errlen
     return r;
 }
 
-/* Connects, authenticates and selects the database, like store.c. */
-static redisContext *bandit_connect_to(const char *host, int port, const char *user,
-                                       const char *password, int db, int timeout_ms,
-                                       char *errstr, size_t errlen) {
-    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    redisContext *ctx = redisConnectWithTimeout(host, port, tv);
-    if (!ctx || ctx->err) {
-        util_err(errstr, errlen, "redis %s:%d: %s", host, port,
-                 ctx ? ctx->errstr : "cannot allocate context");
-        goto err;
-    }
-    redisSetTimeout(ctx, tv);
-    redisReply *r;
-    if (password && password[0]) {
-        const char *argv[3] = {"AUTH", user && user[0] ? user : password, password};
-        size_t argvlen[3] = {4, strlen(argv[1]), strlen(password)};
-        if (!(r = bandit_command(ctx, errstr, errlen, user && user[0] ? 3 : 2, argv, argvlen)))
-            goto err;
-        freeReplyObject(r);
-    }
-    if (db) {
-        char dbs[16];
-        snprintf(dbs, sizeof dbs, "%d", db);
-        const char *argv[2] = {"SELECT", dbs};
-        size_t argvlen[2] = {6, strlen(dbs)};
-        if (!(r = bandit_command(ctx, errstr, errlen, 2, argv, argvlen))) goto err;
-        freeReplyObject(r);
-    }
-    return ctx;
-err:
-    if (ctx) redisFree(ctx);
-    return NULL;
-}
-
 static int bandit_connect(bandit *b, char *errstr, size_t errlen) {
     if (b->ctx) return 0;
-    b->ctx = bandit_connect_to(b->host, b->port, b->user, b->password, b->db, b->timeout_ms,
-                               errstr, errlen);
+    /* store.c's connection: the same password sources, AUTH and SELECT */
+    b->ctx = store_connect_config(b->cfg, errstr, errlen);
     b->conn++;
     return b->ctx ? 0 : -1;
 }
@@ -540,13 +508,10 @@ bandit *bandit_new(const config *c, const templates *t, const char *copy_topic, 
     b->dismiss_s = config_int(c, "copy.dismissed_item_s");
     b->max_dismissed = (size_t)config_int(c, "state.max_dismissed");
     b->copy_topic = strdup(copy_topic);
+    b->cfg = c;
     b->host = strdup(config_str(c, "redis.host"));
-    b->user = strdup(config_str(c, "redis.user"));
-    b->password = strdup(config_str(c, "redis.password"));
     b->port = (int)config_int(c, "redis.port");
-    b->db = (int)config_int(c, "redis.db");
-    b->timeout_ms = (int)config_int(c, "redis.timeout_ms");
-    if (!b->copy_topic || !b->host || !b->user || !b->password ||
+    if (!b->copy_topic || !b->host ||
         bandit_build_arms(b, config_str(c, "redis.key_prefix")) < 0) {
         util_err(errstr, errlen, "out of memory");
         goto err;
@@ -575,11 +540,6 @@ void bandit_free(bandit *b) {
     free(b->field_index);
     free(b->copy_topic);
     free(b->host);
-    free(b->user);
-    if (b->password) {
-        memset(b->password, 0, strlen(b->password));
-        free(b->password);
-    }
     buf_free(&b->arena);
     free(b->argv);
     free(b->argvlen);
@@ -994,10 +954,7 @@ static void bandit_report_hash(const char *intent, const redisReply *r, bandit_a
 }
 
 int bandit_read_stats(const config *c, bandit_arm_fn fn, void *ud, char *errstr, size_t errlen) {
-    redisContext *ctx = bandit_connect_to(
-        config_str(c, "redis.host"), (int)config_int(c, "redis.port"), config_str(c, "redis.user"),
-        config_str(c, "redis.password"), (int)config_int(c, "redis.db"),
-        (int)config_int(c, "redis.timeout_ms"), errstr, errlen);
+    redisContext *ctx = store_connect_config(c, errstr, errlen);
     if (!ctx) return -1;
     buf pattern = BUF_INIT, head = BUF_INIT;
     buf_printf(&head, "%s:bandit:{", config_str(c, "redis.key_prefix"));

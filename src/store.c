@@ -645,3 +645,12 @@ store_status store_outbox_scan(store *st, int32_t partition, int64_t below, stor
     freeReplyObject(r);
     return STORE_OK;
 }
+
+redisContext *store_connect_config(const config *c, char *errstr, size_t errlen) {
+    store *st = store_new(c, errstr, errlen);
+    if (!st) return NULL;
+    redisContext *ctx = st->ctx;
+    st->ctx = NULL;
+    store_free(st);
+    return ctx;
+}
