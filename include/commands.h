@@ -19,7 +19,9 @@ int loadgen_main(int argc, char **argv);  /* synthetic catalog and clickstream (
 int import_main(int argc, char **argv);   /* publish a sequence dataset (import.c) */
 int config_main(int argc, char **argv);
 int train_main(int argc, char **argv);    /* learn a model (train.c) */
-int eval_main(int argc, char **argv);     /* rank held-out events with a model (evaluate.c) */   /* print the effective config (main.c) */
+int eval_main(int argc, char **argv);     /* rank held-out events with a model (evaluate.c) */
+int replay_main(int argc, char **argv);   /* make a time range's copies again (replay.c) */
+int rebuild_main(int argc, char **argv);  /* recompute users' state into a new prefix (replay.c) */   /* print the effective config (main.c) */
 
 /* The config path a command uses when -c is not given. */
 const char *commands_default_config(void);

@@ -21,6 +21,8 @@ static void main_usage(FILE *f) {
             "  tail      print the copies in the copy topic\n"
             "  train     learn the model from a sequence file or the clickstream topic\n"
             "  eval      rank held-out events with a model: HR@k and NDCG@k\n"
+            "  replay    make the copies of a time range again, apart from the live service\n"
+            "  rebuild-state  recompute users' state from the input into a new key prefix\n"
             "  config    print the effective configuration (secrets masked)\n"
             "  version   print the version\n",
             COPYSTREAM_VERSION);
@@ -50,7 +52,8 @@ int main(int argc, char **argv) {
     } commands[] = {
         {"run", run_main},       {"topics", topics_main}, {"loadgen", loadgen_main},
         {"import", import_main}, {"tail", tail_main},     {"config", config_main},
-        {"train", train_main},   {"eval", eval_main},
+        {"train", train_main},   {"eval", eval_main},     {"replay", replay_main},
+        {"rebuild-state", rebuild_main},
     };
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
         !strcmp(argv[1], "help")) {
