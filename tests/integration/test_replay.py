@@ -297,9 +297,12 @@ def test_rebuilt_state_equals_the_live_state_and_the_service_switched_to_it_carr
         refused = d.run(["rebuild-state", "--from", "0", "--prefix", d.prefix], check=False)
         assert refused.returncode == 2 and "redis.key_prefix" in refused.stderr
 
-        # Rebuild from the whole topic: the live state, to the field.
+        # Rebuild from the whole topic: the live state, to the field. The live group's
+        # commits are only read.
+        committed = d.committed(d.group)
         p = d.run(["rebuild-state", "--from", "0", "--prefix", new], timeout=180)
         assert state_of(d, redis_client, new) == after_a
+        assert d.committed(d.group) == committed
         assert d.end_offsets("copy") == copies_a, "rebuild-state makes no copies"
         assert list(redis_client.scan_iter(match=f"{new}:outbox:*")) == []
         assert "state rebuilt under prefix" in p.stdout
