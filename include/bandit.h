@@ -209,6 +209,10 @@ int bandit_on_reaction(bandit *b, user_state *u, const reaction *r, int outcome)
  * markers make safe. */
 int bandit_seal(bandit *b);
 int bandit_send(bandit *b, char *errstr, size_t errlen);
+/* From now on bandit_send() drops the batches' updates and writes nothing
+ * (it may still read the statistics): for a run that must leave Redis as it
+ * found it (`copystream replay --dry-run`). */
+void bandit_set_read_only(bandit *b);
 int bandit_wait(bandit *b, char *errstr, size_t errlen);
 /* After a failed batch: drops staged, sealed and sent batches, and the
  * replies still owed (with the connection, re-opened on the next send). */

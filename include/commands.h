@@ -21,6 +21,8 @@ int config_main(int argc, char **argv);   /* print the effective config (main.c)
 int train_main(int argc, char **argv);    /* learn a model (train.c) */
 int eval_main(int argc, char **argv);     /* rank held-out events with a model (evaluate.c) */
 int report_main(int argc, char **argv);   /* copy variants' performance (report.c) */
+int replay_main(int argc, char **argv);   /* make a time range's copies again (replay.c) */
+int rebuild_main(int argc, char **argv);  /* recompute users' state into a new prefix (replay.c) */
 
 /* The config path a command uses when -c is not given. */
 const char *commands_default_config(void);

@@ -76,4 +76,26 @@ int kafka_await_broker(rd_kafka_t *rk, int timeout_ms, char *errstr, size_t errl
 int kafka_partition_count(rd_kafka_t *rk, const char *topic, int timeout_ms,
                           char *errstr, size_t errlen);
 
+/* Offsets of topic's n partitions, asked of the broker, for commands that
+ * read a stretch of a topic (replay.c). Each returns 0, or -1 with errstr.
+ *
+ * kafka_watermarks: the first offset still in each partition's log (lo[n])
+ * and the offset the next message will get (hi[n]). */
+int kafka_watermarks(rd_kafka_t *rk, const char *topic, int n, int64_t *lo, int64_t *hi,
+                     int timeout_ms, char *errstr, size_t errlen);
+
+/* kafka_offsets_for_time: per partition, the first offset whose message
+ * timestamp is at or after ms (Kafka's time index), or end[p] when no
+ * message is that recent; into out[n]. */
+int kafka_offsets_for_time(rd_kafka_t *rk, const char *topic, int n, int64_t ms,
+                           const int64_t *end, int64_t *out, int timeout_ms, char *errstr,
+                           size_t errlen);
+
+/* kafka_committed: the offsets rk's group (its group.id) has committed for
+ * topic's n partitions, -1 where it has none; into out[n]. Only reads: a
+ * consumer made for this, never subscribed or assigned, joins nothing and
+ * commits nothing. */
+int kafka_committed(rd_kafka_t *rk, const char *topic, int n, int64_t *out, int timeout_ms,
+                    char *errstr, size_t errlen);
+
 #endif

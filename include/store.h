@@ -63,6 +63,21 @@ void store_free(store *st);
  * NULL with errstr. */
 redisContext *store_connect_config(const config *c, char *errstr, size_t errlen);
 
+/* A store that keeps the users' hashes in process memory instead of Redis,
+ * for a run that must write nothing to Redis (`copystream replay
+ * --dry-run`). It keeps the same fields, versions, compare-and-set and
+ * outbox deletions as Redis would -- states go through userstate_encode()
+ * and userstate_decode_field() both ways -- so the service computes exactly
+ * what it would against an empty Redis prefix. Nothing expires and nothing
+ * outlives the store; every call succeeds unless memory runs out. */
+store *store_new_memory(const config *c, char *errstr, size_t errlen);
+
+/* Deletes every key under the store's prefix (<prefix>:*, the user hashes
+ * and outbox indexes), with SCAN and UNLINK, adding their number to
+ * *deleted. For the scratch prefix of a finished replay: never point it at
+ * a prefix something else still uses. */
+store_status store_delete_all(store *st, uint64_t *deleted, char *errstr, size_t errlen);
+
 /* Reads the hashes of n users in one pipelined round trip and decodes each
  * into states[i], which must be initialised and empty. A user without a hash
  * gets an empty state with version 0. A malformed hash is STORE_FATAL with

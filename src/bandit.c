@@ -260,6 +260,7 @@ struct bandit {
     redisContext *ctx;
     uint64_t conn;            /* connections made so far: replies die with theirs */
     const config *cfg;        /* the Redis endpoint and credentials (store_connect_config) */
+    int read_only;            /* bandit_set_read_only(): updates are dropped */
     char *host;               /* for messages */
     int port;
     buf arena;                /* the strings of a command being built */
@@ -800,6 +801,8 @@ int bandit_seal(bandit *b) {
     return 0;
 }
 
+void bandit_set_read_only(bandit *b) { b->read_only = 1; }
+
 int bandit_send(bandit *b, char *errstr, size_t errlen) {
     if (!b->n_sealed || b->n_inflight == BANDIT_QUEUE)
         return util_err(errstr, errlen, "bandit: send without a sealed batch");
@@ -808,6 +811,7 @@ int bandit_send(bandit *b, char *errstr, size_t errlen) {
     b->n_sealed--;
     int refresh = util_monotonic_us() - b->last_refresh_us >= b->refresh_us;
     size_t evals = 0;
+    if (b->read_only) bt->n = 0; /* counted nowhere; the snapshot may still be read */
     if (bt->n || refresh) {
         if (bandit_connect(b, errstr, errlen) < 0) goto fail_quiet;
         qsort(bt->v, bt->n, sizeof *bt->v, bandit_update_cmp);

@@ -354,3 +354,48 @@ int kafka_producer_prepare(rd_kafka_t *p, const char *const *topics, size_t n, i
     }
     return 0;
 }
+
+int kafka_watermarks(rd_kafka_t *rk, const char *topic, int n, int64_t *lo, int64_t *hi,
+                     int timeout_ms, char *errstr, size_t errlen) {
+    for (int p = 0; p < n; p++) {
+        rd_kafka_resp_err_t e =
+            rd_kafka_query_watermark_offsets(rk, topic, p, &lo[p], &hi[p], timeout_ms);
+        if (e)
+            return util_err(errstr, errlen, "%s[%d]: cannot read the watermarks: %s", topic, p,
+                            rd_kafka_err2str(e));
+    }
+    return 0;
+}
+
+int kafka_offsets_for_time(rd_kafka_t *rk, const char *topic, int n, int64_t ms,
+                           const int64_t *end, int64_t *out, int timeout_ms, char *errstr,
+                           size_t errlen) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++) rd_kafka_topic_partition_list_add(l, topic, p)->offset = ms;
+    rd_kafka_resp_err_t e = rd_kafka_offsets_for_times(rk, l, timeout_ms);
+    for (int i = 0; !e && i < l->cnt; i++) {
+        const rd_kafka_topic_partition_t *tp = &l->elems[i];
+        if (tp->err) e = tp->err;
+        else out[tp->partition] = tp->offset >= 0 ? tp->offset : end[tp->partition];
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e) return util_err(errstr, errlen, "%s: cannot look up offsets by time: %s", topic,
+                           rd_kafka_err2str(e));
+    return 0;
+}
+
+int kafka_committed(rd_kafka_t *rk, const char *topic, int n, int64_t *out, int timeout_ms,
+                    char *errstr, size_t errlen) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++) rd_kafka_topic_partition_list_add(l, topic, p);
+    rd_kafka_resp_err_t e = rd_kafka_committed(rk, l, timeout_ms);
+    for (int i = 0; !e && i < l->cnt; i++) {
+        const rd_kafka_topic_partition_t *tp = &l->elems[i];
+        if (tp->err) e = tp->err;
+        else out[tp->partition] = tp->offset >= 0 ? tp->offset : -1;
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e) return util_err(errstr, errlen, "%s: cannot read committed offsets: %s", topic,
+                           rd_kafka_err2str(e));
+    return 0;
+}

@@ -34,7 +34,13 @@
  *
  * The catalog is read by a second consumer that is not part of the group:
  * every instance needs every item, like a global table. It is read to the
- * end at start-up and followed between batches. */
+ * end at start-up and followed between batches.
+ *
+ * `copystream replay` and `rebuild-state` run this same pipeline bounded
+ * (service.h, range.h): partitions assigned from fixed start offsets instead
+ * of a group subscription, copies only inside the range, a stop at the
+ * range's end; the few places that differ are marked by s->range and
+ * s->dry_run. */
 #define _GNU_SOURCE
 #include <getopt.h>
 #include <inttypes.h>
@@ -59,7 +65,9 @@
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
+#include "range.h"
 #include "recommend.h"
+#include "service.h"
 #include "store.h"
 #include "strategy.h"
 #include "template.h"
@@ -243,6 +251,12 @@ typedef struct svc {
     /* totals for the exit summary */
     uint64_t total_events, total_reactions, total_copies, total_dead;
     int64_t first_poll_us, last_commit_us;
+    /* a bounded run (replay, rebuild-state; service.h), or NULL */
+    range *range;
+    service_publish_fn dry_run;
+    void (*tick)(void *ud);
+    void *ud;
+    int range_completed;
     /* health, read by the HTTP thread */
     atomic_int redis_ok;
     atomic_int kafka_ok;
@@ -382,6 +396,66 @@ static uint8_t svc_topic_kind(const svc *s, const char *topic) {
     return strcmp(topic, s->t_react) == 0 ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM;
 }
 
+/* ---- bounded runs (replay, rebuild-state; see service.h) ------------------ */
+
+static uint8_t svc_msg_kind(const svc *s, const rd_kafka_message_t *m) {
+    return m->rkt == s->rkt_react ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM;
+}
+
+/* May the event of message m make a copy? Always in the service; in a
+ * bounded run only inside the range's copy offsets, for before them the run
+ * only rebuilds the state the live run had. */
+static int svc_copy_wanted(const svc *s, const rd_kafka_message_t *m) {
+    return !s->range ||
+           range_copy_wanted(s->range, svc_msg_kind(s, m), m->partition, m->offset);
+}
+
+/* In a bounded run, drops a message at or past its partition's end and
+ * pauses the partition, which has nothing more for this run. Returns 1 when
+ * m was dropped (destroyed), 0 when it is to be processed. */
+static int svc_range_drop(svc *s, rd_kafka_message_t *m) {
+    if (!s->range) return 0;
+    const range_part *p = range_find(s->range, svc_msg_kind(s, m), m->partition);
+    int was_reached = p && p->reached;
+    if (!range_past_end(s->range, svc_msg_kind(s, m), m->partition, m->offset)) return 0;
+    if (!was_reached) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(m->rkt), m->partition);
+        rd_kafka_pause_partitions(s->consumer, l);
+        rd_kafka_topic_partition_list_destroy(l);
+    }
+    rd_kafka_message_destroy(m);
+    return 1;
+}
+
+/* Assigns the range's partitions at their start offsets: no group
+ * membership, so no rebalance and nobody's assignment or offsets move. */
+static int svc_range_assign(svc *s, char *errstr, size_t errlen) {
+    size_t n = range_count(s->range);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n + 1);
+    for (size_t i = 0; i < n; i++) {
+        const range_part *p = range_at(s->range, i);
+        if (p->reached) continue; /* nothing to read */
+        rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = p->start;
+        svc_add_assigned(s, p->topic, p->partition);
+    }
+    rd_kafka_resp_err_t err = rd_kafka_assign(s->consumer, l);
+    log_info("service", "bounded run: %d partitions assigned, %" PRIu64 " offsets to read", l->cnt,
+             range_total(s->range));
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) return util_err(errstr, errlen, "assigning the range: %s", rd_kafka_err2str(err));
+    return 0;
+}
+
+/* After a rewind to the offsets in l: those partitions of a bounded run are
+ * read again (and were perhaps paused at their end). */
+static void svc_range_rewound(svc *s, rd_kafka_topic_partition_list_t *l) {
+    if (!s->range) return;
+    for (int i = 0; i < l->cnt; i++)
+        range_rewound(s->range, svc_topic_kind(s, l->elems[i].topic), l->elems[i].partition);
+    rd_kafka_resume_partitions(s->consumer, l);
+}
+
 /* ---- outbox references and purges ----------------------------------------- */
 
 /* Appends a reference to an array of them, taking a copy of the user id. */
@@ -511,6 +585,13 @@ static void svc_header_i64(rd_kafka_headers_t *h, const char *name, int64_t v) {
 static int svc_dead_letter(svc *s, svc_flight *f, svc_item *it, codec_status why,
                            const char *detail) {
     const rd_kafka_message_t *m = it->msg;
+    if (s->range) {
+        /* The live run dead-lettered it when it first met it. */
+        log_warn("service", "bad input %s[%" PRId32 "]@%" PRId64 " skipped: %s: %s",
+                 rd_kafka_topic_name(m->rkt), m->partition, m->offset, codec_status_name(why),
+                 detail);
+        return 0;
+    }
     rd_kafka_headers_t *h = rd_kafka_headers_new(8);
     const char *reason = codec_status_name(why);
     rd_kafka_header_add(h, "copystream.error", -1, reason, -1);
@@ -714,6 +795,9 @@ static int svc_apply_user(svc *s, svc_user *u) {
                 return -1;
             continue;
         }
+        /* A replay's warm-up before its range: state only, as live (the
+         * holdout's records included), no copies */
+        if (!svc_copy_wanted(s, m)) continue;
         if (s->rec && it->seq_pos >= s->model_min_events) {
             svc_snap *sn = &s->snaps[s->n_snaps];
             if (userstate_copy_prefs(&sn->prefs, &u->st) < 0) return -1;
@@ -906,6 +990,7 @@ static void svc_rewind(svc *s) {
             if (l->elems[i].err)
                 log_error("service", "rewinding %s[%" PRId32 "]: %s", l->elems[i].topic,
                           l->elems[i].partition, rd_kafka_err2str(l->elems[i].err));
+        svc_range_rewound(s, l);
     }
     rd_kafka_topic_partition_list_destroy(l);
 }
@@ -987,7 +1072,8 @@ static int svc_commit(svc *s, const svc_flight *f) {
     for (size_t i = 0; i < f->n_spans; i++)
         rd_kafka_topic_partition_list_add(l, svc_span_topic(s, &f->spans[i]),
                                           f->spans[i].partition)->offset = f->spans[i].max + 1;
-    rd_kafka_resp_err_t err = rd_kafka_commit(s->consumer, l, 0 /* sync */);
+    /* A dry run leaves no trace, not even in a group of its own. */
+    rd_kafka_resp_err_t err = s->dry_run ? 0 : rd_kafka_commit(s->consumer, l, 0 /* sync */);
     int rc = 0;
     if (err) {
         /* During a rebalance the coordinator refuses commits; the revoke
@@ -996,9 +1082,13 @@ static int svc_commit(svc *s, const svc_flight *f) {
         metrics_inc(MET_KAFKA_ERR_COMMIT, 1);
         rc = -1;
     } else {
-        for (int i = 0; i < l->cnt; i++)
+        for (int i = 0; i < l->cnt; i++) {
             if (strcmp(l->elems[i].topic, s->t_click) == 0)
                 svc_set_committed(s, l->elems[i].partition, l->elems[i].offset);
+            if (s->range)
+                range_done(s->range, svc_topic_kind(s, l->elems[i].topic), l->elems[i].partition,
+                           l->elems[i].offset);
+        }
     }
     rd_kafka_topic_partition_list_destroy(l);
     return rc;
@@ -1098,6 +1188,11 @@ static int svc_confirm(svc *s, svc_flight *f) {
         const char *key = (const char *)p + pos;
         pos += klen;
         buf_get_u32le(p, f->pub.len, &pos, &vlen);
+        if (s->dry_run) {
+            s->dry_run(s->ud, s->t_copy, key, klen, p + pos, vlen);
+            pos += vlen;
+            continue;
+        }
         if (kafka_produce(s->producer, s->t_copy, key, klen, p + pos, vlen, NULL, &f->dr, err,
                           sizeof err) < 0) {
             log_error("service", "publishing copies: %s", err);
@@ -1526,6 +1621,7 @@ static size_t svc_collect(svc *s) {
             if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
                 svc_assigned *a = svc_find_assigned(s, rd_kafka_topic_name(m->rkt), m->partition);
                 if (a) a->eof = 1;
+                if (s->range) range_eof(s->range, svc_msg_kind(s, m), m->partition);
             } else {
                 log_warn("service", "consumer: %s", rd_kafka_message_errstr(m));
                 metrics_inc(MET_KAFKA_ERR_CONSUME, 1);
@@ -1533,6 +1629,7 @@ static size_t svc_collect(svc *s) {
             rd_kafka_message_destroy(m);
             continue;
         }
+        if (svc_range_drop(s, m)) continue;
         int64_t now = util_monotonic_us();
         if (!s->n_items) deadline = now + (int64_t)s->batch_wait_ms * 1000;
         svc_item *it = &s->items[s->n_items++];
@@ -1607,9 +1704,21 @@ static void svc_maybe_reload(svc *s) {
         log_info("service", "model %s reloaded: %s", s->model_path, recommend_version(s->rec));
 }
 
+/* Has a bounded run finished: every partition read to its end, and nothing
+ * left in hand or in flight? */
+static int svc_range_finished(const svc *s) {
+    return s->range && range_all_reached(s->range) && !s->n_items && !svc_in_flight(s);
+}
+
 static int svc_loop(svc *s) {
     s->last_activity_us = util_monotonic_us();
     while (!svc_stop_requested) {
+        if (s->tick) s->tick(s->ud);
+        if (svc_range_finished(s)) {
+            s->range_completed = 1;
+            log_info("service", "bounded run: every partition read to its end; stopping");
+            break;
+        }
         svc_maybe_reload(s);
         svc_catalog_poll(s, 10000);
         if (svc_collect(s)) {
@@ -1709,6 +1818,18 @@ static int svc_shutdown(svc *s) {
     return rc;
 }
 
+/* Joins the consumer group on the input topics (the rebalance callback
+ * takes it from there). */
+static int svc_subscribe(svc *s, char *errstr, size_t errlen) {
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(2);
+    rd_kafka_topic_partition_list_add(topics, s->t_click, RD_KAFKA_PARTITION_UA);
+    rd_kafka_topic_partition_list_add(topics, s->t_react, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t kerr = rd_kafka_subscribe(s->consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (kerr) return util_err(errstr, errlen, "subscribing: %s", rd_kafka_err2str(kerr));
+    return 0;
+}
+
 static void svc_usage(FILE *f) {
     fprintf(f,
             "usage: copystream run [-c CONFIG] [--group GROUP] [--exit-when-idle MS]\n"
@@ -1729,15 +1850,15 @@ int run_main(int argc, char **argv) {
                                          {"exit-when-idle", required_argument, 0, 'i'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *path = commands_default_config(), *group = NULL;
-    int64_t idle_ms = 0;
+    const char *path = commands_default_config();
+    service_options so = {0};
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         switch (o) {
         case 'c': path = optarg; break;
-        case 'g': group = optarg; break;
-        case 'i': idle_ms = atoll(optarg); break;
+        case 'g': so.group = optarg; break;
+        case 'i': so.exit_when_idle_ms = atoll(optarg); break;
         case 'h': svc_usage(stdout); return 0;
         default: svc_usage(stderr); return 2;
         }
@@ -1748,6 +1869,13 @@ int run_main(int argc, char **argv) {
     }
     config *cfg = commands_load_config(path);
     if (!cfg) return 2;
+    int rc = service_run(cfg, &so, NULL);
+    config_free(cfg);
+    return rc;
+}
+
+int service_run(const config *cfg, const service_options *opt, service_totals *totals) {
+    const char *group = opt->group;
     char err[1024];
     svc s;
     memset(&s, 0, sizeof s);
@@ -1757,7 +1885,11 @@ int run_main(int argc, char **argv) {
         rc = 2;
         goto out;
     }
-    s.exit_when_idle_ms = idle_ms;
+    s.exit_when_idle_ms = opt->exit_when_idle_ms;
+    s.range = opt->range;
+    s.dry_run = opt->dry_run;
+    s.tick = opt->tick;
+    s.ud = opt->ud;
     if (!(s.codec = commands_codec_new(cfg, err, sizeof err))) goto startup_err;
     if (!(s.tpl = templates_load(config_str(cfg, "copy.templates"), (const char *const *)s.locales,
                                  s.n_locales, err, sizeof err)))
@@ -1796,16 +1928,20 @@ int run_main(int argc, char **argv) {
         svc_model_file_changed(&s); /* remember what was loaded */
         log_info("service", "model %s loaded: %s", s.model_path, recommend_version(s.rec));
     }
-    if (!(s.store = store_new(cfg, err, sizeof err))) goto startup_err;
-    if (!(s.bandit = bandit_new(cfg, s.tpl, s.t_click, err, sizeof err)) ||
+    if (!(s.store = opt->state_in_memory ? store_new_memory(cfg, err, sizeof err)
+                                         : store_new(cfg, err, sizeof err)) ||
+        !(s.bandit = bandit_new(cfg, s.tpl, s.t_click, err, sizeof err)) ||
         bandit_refresh(s.bandit, err, sizeof err) < 0)
         goto startup_err;
+    /* state kept in memory must leave Redis alone, the bandit's counts too */
+    if (opt->state_in_memory) bandit_set_read_only(s.bandit);
     atomic_store(&s.redis_ok, 1);
     if (!(s.producer = kafka_producer_new(cfg, &s.dr, err, sizeof err))) goto startup_err;
     const char *outputs[] = {s.t_copy, s.t_dlq};
     if (kafka_producer_prepare(s.producer, outputs, 2, 10000, err, sizeof err) < 0)
         goto startup_err;
-    if (!(s.consumer = kafka_consumer_new(cfg, group, svc_rebalance_cb, &s, err, sizeof err)))
+    if (!(s.consumer = kafka_consumer_new(cfg, group, s.range ? NULL : svc_rebalance_cb, &s, err,
+                                          sizeof err)))
         goto startup_err;
     /* Messages carry their topic's handle: one pointer comparison per message
      * tells reactions from clicks. */
@@ -1826,13 +1962,9 @@ int run_main(int argc, char **argv) {
     sigaction(SIGHUP, &sa, NULL);
 
     if (svc_catalog_start(&s, err, sizeof err) < 0) goto startup_err;
-    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(2);
-    rd_kafka_topic_partition_list_add(topics, s.t_click, RD_KAFKA_PARTITION_UA);
-    rd_kafka_topic_partition_list_add(topics, s.t_react, RD_KAFKA_PARTITION_UA);
-    rd_kafka_resp_err_t kerr = rd_kafka_subscribe(s.consumer, topics);
-    rd_kafka_topic_partition_list_destroy(topics);
-    if (kerr) {
-        util_err(err, sizeof err, "subscribing: %s", rd_kafka_err2str(kerr));
+    if (s.range) {
+        if (svc_range_assign(&s, err, sizeof err) < 0) goto startup_err;
+    } else if (svc_subscribe(&s, err, sizeof err) < 0) {
         goto startup_err;
     }
     atomic_store(&s.kafka_ok, 1);
@@ -1850,6 +1982,9 @@ int run_main(int argc, char **argv) {
              s.total_events, s.total_reactions, s.total_copies, s.total_dead, busy_s,
              busy_s > 0 ? (double)(s.total_events + s.total_reactions + s.total_dead) / busy_s : 0);
     if (rc == 0) log_info("service", "stopped cleanly");
+    if (totals)
+        *totals = (service_totals){s.total_events, s.total_reactions, s.total_copies, s.total_dead,
+                                   busy_s, s.range_completed};
     goto out;
 
 startup_err:
@@ -1857,6 +1992,5 @@ startup_err:
     rc = 1;
 out:
     svc_free(&s);
-    config_free(cfg);
     return rc;
 }

@@ -4,7 +4,11 @@
  * Every call is one pipelined round trip: commands are appended to hiredis'
  * output buffer, then all replies are read. The write script is loaded once
  * per connection and invoked with EVALSHA; a NOSCRIPT reply (Redis restarted
- * and lost its script cache) reloads it and retries those writes. */
+ * and lost its script cache) reloads it and retries those writes.
+ *
+ * A memory store (store_new_memory) answers the same calls from a table of
+ * users' hashes in the process instead; each public function hands over to
+ * its store_mem_* twin when st->mem is set. */
 #include "store.h"
 
 #include <errno.h>
@@ -15,6 +19,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "dict.h"
 #include "log.h"
 #include "util.h"
 
@@ -54,7 +59,167 @@ struct store {
     const char **argv;        /* scratch argument vectors */
     size_t *argvlen;
     size_t argv_cap;
+    /* the memory store: user id -> store_mem_user*, or NULL for Redis */
+    dict *mem;
+    size_t mem_conflicts;     /* of the last send, for its wait */
 };
+
+/* ---- the memory store ------------------------------------------------------- */
+
+/* One user's hash: its version and fields, as HSET would leave them. */
+typedef struct {
+    char *user_id;            /* the table's key */
+    uint64_t version;
+    us_field *f;              /* [n]; entries past n keep their buffers */
+    size_t n, cap;
+} store_mem_user;
+
+static void store_mem_user_free(store_mem_user *u) {
+    if (!u) return;
+    for (size_t i = 0; i < u->cap; i++) buf_free(&u->f[i].value);
+    free(u->f);
+    free(u->user_id);
+    free(u);
+}
+
+/* HSET of one field: sets its value, adding the field when new. */
+static int store_mem_hset(store_mem_user *u, const us_field *in) {
+    us_field *f = NULL;
+    for (size_t i = 0; i < u->n && !f; i++)
+        if (strcmp(u->f[i].name, in->name) == 0) f = &u->f[i];
+    if (!f) {
+        if (u->n == u->cap) {
+            size_t cap = u->cap ? u->cap * 2 : 16;
+            us_field *v = realloc(u->f, cap * sizeof *v);
+            if (!v) return -1;
+            memset(v + u->cap, 0, (cap - u->cap) * sizeof *v);
+            u->f = v;
+            u->cap = cap;
+        }
+        f = &u->f[u->n++];
+        memcpy(f->name, in->name, sizeof f->name);
+    }
+    buf_reset(&f->value);
+    return buf_append(&f->value, in->value.p ? in->value.p : "", in->value.len);
+}
+
+/* HDEL of one field. */
+static void store_mem_hdel(store_mem_user *u, const char *name) {
+    for (size_t i = 0; i < u->n; i++) {
+        if (strcmp(u->f[i].name, name) != 0) continue;
+        us_field gone = u->f[i];
+        u->f[i] = u->f[u->n - 1];
+        u->f[--u->n] = gone; /* its buffer stays for reuse */
+        return;
+    }
+}
+
+static store_status store_mem_load(store *st, const char *const *user_ids,
+                                   user_state *const *states, size_t n, char *errstr,
+                                   size_t errlen) {
+    for (size_t i = 0; i < n; i++) {
+        const store_mem_user *u = dict_get(st->mem, user_ids[i]);
+        for (size_t k = 0; u && k < u->n; k++) {
+            char why[160];
+            const us_field *f = &u->f[k];
+            if (userstate_decode_field(states[i], f->name, strlen(f->name), f->value.p,
+                                       f->value.len, why, sizeof why) < 0) {
+                util_err(errstr, errlen, "state of user %s: %s", user_ids[i], why);
+                return STORE_FATAL;
+            }
+        }
+        if (u) states[i]->version = u->version;
+        userstate_mark_clean(states[i]);
+    }
+    return STORE_OK;
+}
+
+/* Applies the writes at once, compare-and-set as the script does it, and
+ * keeps the number of conflicts for store_write_wait(). */
+static store_status store_mem_send(store *st, store_write *w, size_t n,
+                                   const store_outbox_ref *purge, size_t np, char *errstr,
+                                   size_t errlen) {
+    st->mem_conflicts = 0;
+    for (size_t i = 0; i < n; i++) {
+        user_state *s = w[i].state;
+        store_mem_user *u = dict_get(st->mem, w[i].user_id);
+        if (!u) {
+            if (!(u = calloc(1, sizeof *u)) || !(u->user_id = strdup(w[i].user_id)) ||
+                dict_set(st->mem, u->user_id, u) < 0) {
+                store_mem_user_free(u);
+                goto oom;
+            }
+        }
+        if (u->version != s->version) {
+            st->mem_conflicts++;
+        } else {
+            userstate_fields_reset(&st->fields);
+            if (userstate_encode(s, s->dirty, &st->fields) < 0) goto oom;
+            for (size_t k = 0; k < st->fields.n; k++)
+                if (store_mem_hset(u, &st->fields.v[k]) < 0) goto oom;
+            u->version++;
+        }
+        s->version++; /* optimistic, as against Redis */
+        userstate_mark_clean(s);
+    }
+    for (size_t i = 0; i < np; i++) {
+        store_mem_user *u = dict_get(st->mem, purge[i].user_id);
+        char field[48];
+        userstate_outbox_field(purge[i].partition, purge[i].offset, field);
+        if (u) store_mem_hdel(u, field);
+    }
+    st->pending = 1;
+    return STORE_OK;
+oom:
+    /* Some writes may have been applied: the caller re-reads, as after a
+     * connection lost mid-pipeline. */
+    util_err(errstr, errlen, "out of memory");
+    return STORE_RETRY;
+}
+
+static store_status store_mem_scan(store *st, int32_t partition, int64_t below,
+                                   store_outbox_fn fn, void *ud) {
+    size_t pos = 0;
+    const char *id;
+    void *val;
+    while (dict_next(st->mem, &pos, &id, &val)) {
+        const store_mem_user *u = val;
+        for (size_t k = 0; k < u->n; k++) {
+            int32_t p;
+            int64_t off;
+            int used = 0;
+            if (sscanf(u->f[k].name, "o.%" SCNd32 ".%" SCNd64 "%n", &p, &off, &used) == 2 &&
+                !u->f[k].name[used] && p == partition && off < below)
+                fn(u->user_id, strlen(u->user_id), off, ud);
+        }
+    }
+    return STORE_OK;
+}
+
+static void store_mem_clear(store *st, uint64_t *deleted) {
+    size_t pos = 0;
+    const char *id;
+    void *val;
+    while (dict_next(st->mem, &pos, &id, &val)) {
+        store_mem_user_free(val);
+        (*deleted)++;
+    }
+    dict_clear(st->mem);
+}
+
+store *store_new_memory(const config *c, char *errstr, size_t errlen) {
+    store *st = calloc(1, sizeof *st);
+    if (!st || !(st->mem = dict_new()) ||
+        !(st->prefix = strdup(config_str(c, "redis.key_prefix")))) {
+        store_free(st);
+        util_err(errstr, errlen, "out of memory");
+        return NULL;
+    }
+    st->ttl_s = config_int(c, "state.ttl_s");
+    return st;
+}
+
+/* ---- Redis ------------------------------------------------------------------- */
 
 static void store_disconnect(store *st) {
     if (st->ctx) redisFree(st->ctx);
@@ -241,6 +406,11 @@ err:
 
 void store_free(store *st) {
     if (!st) return;
+    if (st->mem) {
+        uint64_t n = 0;
+        store_mem_clear(st, &n);
+        dict_free(st->mem);
+    }
     store_disconnect(st);
     free(st->host);
     free(st->user);
@@ -314,6 +484,7 @@ store_status store_load(store *st, const char *const *user_ids, user_state *cons
                         size_t n, char *errstr, size_t errlen) {
     if (n == 0) return STORE_OK;
     if (store_check_idle(st, errstr, errlen) != STORE_OK) return STORE_FATAL;
+    if (st->mem) return store_mem_load(st, user_ids, states, n, errstr, errlen);
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
     redisReply **replies = calloc(n, sizeof *replies);
@@ -507,6 +678,7 @@ store_status store_write_send(store *st, store_write *w, size_t n, const store_o
         return util_err(errstr, errlen, "redis: a previous write is still pending"),
                STORE_FATAL;
     if (n + np == 0) return STORE_OK;
+    if (st->mem) return store_mem_send(st, w, n, purge, np, errstr, errlen);
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
     /* Commands: one ZADD per partition for the new outbox copies, ahead of
@@ -567,6 +739,11 @@ oom:
 store_status store_write_wait(store *st, size_t *conflicts, char *errstr, size_t errlen) {
     *conflicts = 0;
     if (!st->pending) return STORE_OK;
+    if (st->mem) {
+        st->pending = 0;
+        *conflicts = st->mem_conflicts;
+        return STORE_OK;
+    }
     store_status status = STORE_OK;
     size_t n = st->pending;
     st->pending = 0;
@@ -621,6 +798,7 @@ store_status store_write_batch(store *st, store_write *w, size_t n, const store_
 store_status store_outbox_scan(store *st, int32_t partition, int64_t below, store_outbox_fn fn,
                                void *ud, char *errstr, size_t errlen) {
     if (store_check_idle(st, errstr, errlen) != STORE_OK) return STORE_FATAL;
+    if (st->mem) return store_mem_scan(st, partition, below, fn, ud);
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
     char max[32];
@@ -653,4 +831,67 @@ redisContext *store_connect_config(const config *c, char *errstr, size_t errlen)
     st->ctx = NULL;
     store_free(st);
     return ctx;
+}
+
+store_status store_delete_all(store *st, uint64_t *deleted, char *errstr, size_t errlen) {
+    if (store_check_idle(st, errstr, errlen) != STORE_OK) return STORE_FATAL;
+    if (st->mem) {
+        store_mem_clear(st, deleted);
+        return STORE_OK;
+    }
+    store_status status = store_connect(st, errstr, errlen);
+    if (status != STORE_OK) return status;
+    /* The prefix is meant literally: escape what MATCH reads as a glob. */
+    buf pattern = BUF_INIT;
+    for (const char *c = st->prefix; *c; c++) {
+        if (strchr("*?[]\\", *c)) buf_put_u8(&pattern, '\\');
+        buf_put_u8(&pattern, (uint8_t)*c);
+    }
+    if (buf_puts(&pattern, ":*") < 0) {
+        buf_free(&pattern);
+        return util_err(errstr, errlen, "out of memory"), STORE_RETRY;
+    }
+    char cursor[32] = "0";
+    do {
+        const char *argv[6] = {"SCAN", cursor, "MATCH", pattern.p, "COUNT", "1000"};
+        size_t argvlen[6] = {4, strlen(cursor), 5, pattern.len, 5, 4};
+        redisReply *r = store_command(st, &status, errstr, errlen, 6, argv, argvlen);
+        if (!r) break;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING ||
+            r->element[1]->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(r);
+            util_err(errstr, errlen, "redis SCAN: unexpected reply");
+            status = STORE_FATAL;
+            break;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        const redisReply *keys = r->element[1];
+        redisReply *u = NULL;
+        if (keys->elements) {
+            if (store_argv_reserve(st, keys->elements + 1) < 0) {
+                freeReplyObject(r);
+                util_err(errstr, errlen, "out of memory");
+                status = STORE_RETRY;
+                break;
+            }
+            st->argv[0] = "UNLINK";
+            st->argvlen[0] = 6;
+            for (size_t i = 0; i < keys->elements; i++) {
+                st->argv[i + 1] = keys->element[i]->str;
+                st->argvlen[i + 1] = keys->element[i]->len;
+            }
+            u = store_command(st, &status, errstr, errlen, (int)keys->elements + 1, st->argv,
+                              st->argvlen);
+            if (!u) {
+                freeReplyObject(r);
+                break;
+            }
+            if (u->type == REDIS_REPLY_INTEGER) *deleted += (uint64_t)u->integer;
+            freeReplyObject(u);
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    buf_free(&pattern);
+    return status;
 }

@@ -18,6 +18,7 @@ from pathlib import Path
 import fastavro
 import xxhash
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
@@ -178,15 +179,20 @@ class Deployment:
                                        "enable.idempotence": True, "linger.ms": 5})
         return self._producer
 
-    def produce(self, topic_key, key, value, headers=None):
-        self.producer.produce(self.topics[topic_key], key=key, value=value, headers=headers)
+    def produce(self, topic_key, key, value, headers=None, timestamp=None):
+        """timestamp: the message's CreateTime in Unix ms (default: now), which Kafka's time
+        index -- and so replay's --from and --to -- goes by."""
+        extra = {} if timestamp is None else {"timestamp": timestamp}
+        self.producer.produce(self.topics[topic_key], key=key, value=value, headers=headers,
+                              **extra)
 
     def flush(self):
         assert self.producer.flush(30) == 0, "messages left undelivered"
 
-    def send_clicks(self, events, schema_id=1, schema=None):
-        for e in events:
-            self.produce("clickstream", e["user_id"], frame(schema_id, schema or self.click_schema, e))
+    def send_clicks(self, events, schema_id=1, schema=None, timestamps=None):
+        for i, e in enumerate(events):
+            self.produce("clickstream", e["user_id"], frame(schema_id, schema or self.click_schema, e),
+                         timestamp=timestamps[i] if timestamps else None)
         self.flush()
 
     def send_catalog(self, items):
@@ -221,8 +227,39 @@ class Deployment:
         finally:
             c.close()
 
-    def copies(self):
-        return [unframe(self.copy_schema, m.value())[1] for m in self.read_topic("copy")]
+    def copies(self, topic_key="copy"):
+        return [unframe(self.copy_schema, m.value())[1] for m in self.read_topic(topic_key)]
+
+    def create_topic(self, name, partitions=3):
+        admin = AdminClient({"bootstrap.servers": self.env["bootstrap"]})
+        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+
+    def committed(self, group, topic_keys=("clickstream", "reactions")):
+        """The offsets group has committed on the input topics: {(topic, partition): offset},
+        negative where it has none. Read with a consumer that never subscribes, so the group
+        is only looked at."""
+        c = Consumer({"bootstrap.servers": self.env["bootstrap"], "group.id": group,
+                      "enable.auto.commit": False})
+        try:
+            tps = []
+            for key in topic_keys:
+                topic = self.topics[key]
+                parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+                tps += [TopicPartition(topic, p) for p in parts]
+            return {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=30)}
+        finally:
+            c.close()
+
+    def end_offsets(self, topic_key):
+        """The high watermark of every partition of a topic."""
+        topic = self.topics.get(topic_key, topic_key)
+        c = Consumer({"bootstrap.servers": self.env["bootstrap"], "group.id": f"w-{uuid.uuid4()}"})
+        try:
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in sorted(parts)]
+        finally:
+            c.close()
 
     # -- Redis ------------------------------------------------------------------------
 
@@ -270,3 +307,9 @@ def decode_affinities(blob):
 def decode_u64_list(blob):
     assert blob[0] == 1 and (len(blob) - 1) % 8 == 0
     return [struct.unpack_from("<Q", blob, off)[0] for off in range(1, len(blob), 8)]
+
+
+def decode_seen(blob):
+    """The recently seen event ids: (id hash, event time s) pairs, in the order applied."""
+    assert blob[0] == 1 and (len(blob) - 1) % 12 == 0
+    return [struct.unpack_from("<QI", blob, off) for off in range(1, len(blob), 12)]
