@@ -197,10 +197,16 @@ void matmul_naive(float *out, const float *a, const float *b, int m, int n, int 
  * layers */
 
 /* out (R, C) = inp (R, C_in) @ w (C_in, C) + bias (C). */
+static void MODEL_KERNEL bias_forward(float *restrict x, const float *restrict bias, int R,
+                                      int C);
+
+/* out (R, C) = inp (R, C_in) @ w (C_in, C) + bias (C), the bias added after
+ * the product, as sgemm adds a beta term: sgemm then writes out without
+ * reading it, and no pass copies the bias in first. */
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int R,
                            int c_in, int c) {
-    for (int r = 0; r < R; r++) memcpy(out + (size_t)r * c, bias, (size_t)c * sizeof *out);
-    matmul(out, inp, w, R, c, c_in, c_in, c, c, 0, 1.0f);
+    matmul(out, inp, w, R, c, c_in, c_in, c, c, 0, 0.0f);
+    bias_forward(out, bias, R, c);
 }
 
 /* The sum of lane[0..LANES), pairwise so that it vectorizes; lane is spent. */
@@ -276,6 +282,17 @@ static void MODEL_KERNEL gelu_forward(float *restrict x, size_t N) {
     for (size_t i = nv; i < N; i++) x[i] = gelu(x[i]);
 }
 
+/* x (R, C) += bias (C) on every row. */
+static void MODEL_KERNEL bias_forward(float *restrict x, const float *restrict bias, int R,
+                                      int C) {
+    int nv = C & ~(LANES - 1);
+    for (float *row = x; row < x + (size_t)R * C; row += C) {
+        for (int i = 0; i < nv; i += LANES)
+            for (int k = 0; k < LANES; k++) row[i + k] += bias[i + k];
+        for (int i = nv; i < C; i++) row[i] += bias[i];
+    }
+}
+
 /* x (N) += y (N). */
 static void MODEL_KERNEL residual_forward(float *restrict x, const float *restrict y, size_t N) {
     size_t nv = N & ~(size_t)(LANES - 1);
@@ -343,6 +360,21 @@ KERNEL_INLINE void softmax(float *restrict x, int n, float scale) {
     for (int j = 0; j < nv; j += LANES)
         for (int k = 0; k < LANES; k++) x[j + k] *= inv;
     for (int j = nv; j < n; j++) x[j] *= inv;
+}
+
+/* x (n) = softmax(scale * x), for scratch that runs on to S, a multiple of
+ * LANES, past n: the lanes past n are computed, whatever they hold, and set
+ * to 0, so that no scalar loop is left. */
+KERNEL_INLINE void softmax_padded(float *restrict x, int n, int S, float scale) {
+    float max = max_forward(x, n), lane[LANES] = {0};
+    for (int j = 0; j < S; j += LANES)
+        for (int k = 0; k < LANES; k++) {
+            float e = exp_approx(scale * (x[j + k] - max));
+            lane[k] += x[j + k] = j + k < n ? e : 0.0f;
+        }
+    float inv = 1.0f / lanes_sum(lane);
+    for (int j = 0; j < S; j += LANES)
+        for (int k = 0; k < LANES; k++) x[j + k] *= inv;
 }
 
 /* x (T) = softmax(scale * x[0..n)) with x[n..T) = 0: the causal mask. */
@@ -569,7 +601,7 @@ static void attend_portable(float *restrict out, const float *restrict qkv,
             memcpy(a + b * KV_B, s, sizeof s);
         }
         a[n] = dot_forward(q, qkv + d + h * hd, hd);
-        softmax(a, n + 1, scale);
+        softmax_padded(a, n + 1, S, scale);
         float *o = out + h * hd;
         const float *last = qkv + 2 * d + h * hd;
         for (int i = 0; i < hd; i++) o[i] = a[n] * last[i];
@@ -608,18 +640,20 @@ static void TARGET_V4 attend_avx512(float *restrict out, const float *restrict q
             _mm512_storeu_ps(a + (b + 2) * KV_B, s2);
             _mm512_storeu_ps(a + (b + 3) * KV_B, s3);
         }
-        for (; b < nb; b++) { /* over even and odd rows, two chains of adds */
+        for (; b < nb; b++) { /* four chains of adds over rows j mod 4 */
             const uint16_t *r = k + b * bs;
-            __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-            for (int j = 0; j < hd; j += 2) {
-                s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[j]), half16_load(r + j * KV_B), s0);
-                s1 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 1]), half16_load(r + (j + 1) * KV_B),
-                                     s1);
+            __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            for (int j = 0; j < hd; j += 4, r += 4 * KV_B) {
+                s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[j]), half16_load(r), s0);
+                s1 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 1]), half16_load(r + KV_B), s1);
+                s2 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 2]), half16_load(r + 2 * KV_B), s2);
+                s3 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 3]), half16_load(r + 3 * KV_B), s3);
             }
-            _mm512_storeu_ps(a + b * KV_B, _mm512_add_ps(s0, s1));
+            _mm512_storeu_ps(a + b * KV_B,
+                             _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
         }
         a[n] = dot_forward(q, qkv + d + h * hd, hd);
-        softmax(a, n + 1, scale);
+        softmax_padded(a, n + 1, S, scale);
     }
     const float *last = qkv + 2 * d;
     int i = 0;
@@ -712,7 +746,7 @@ static void TARGET_V3 attend_avx2(float *restrict out, const float *restrict qkv
             _mm256_storeu_ps(a + b * KV_B + 8, _mm256_add_ps(s1, s3));
         }
         a[n] = dot_forward(q, qkv + d + h * hd, hd);
-        softmax(a, n + 1, scale);
+        softmax_padded(a, n + 1, S, scale);
     }
     const float *last = qkv + 2 * d;
     int i = 0;
@@ -782,10 +816,14 @@ static void attrmean_forward(const model *m, const int32_t *rows, int n, float *
     if (n <= 0) return;
     int d = m->config.dim;
     const float *emb = m->weights.attr_emb;
-    for (int i = 0; i < d; i++) {
-        float s = 0;
-        for (int r = 0; r < n; r++) s += emb[(size_t)rows[r] * d + i];
-        out[i] += s / n;
+    for (int i0 = 0; i0 < d; i0 += 64) { /* rows added in order, 64 columns at a time */
+        int c = d - i0 < 64 ? d - i0 : 64;
+        float s[64] = {0};
+        for (int r = 0; r < n; r++) {
+            const float *e = emb + (size_t)rows[r] * d + i0;
+            for (int i = 0; i < c; i++) s[i] += e[i];
+        }
+        for (int i = 0; i < c; i++) out[i0 + i] += s[i] / n;
     }
 }
 
@@ -819,12 +857,13 @@ static void kv_store(model_kv *kv, int l, int pos, const float *qkv) {
     if (pos % KV_B == 0)
         for (int h = 0; h < H; h++) memset(keys + h * head, 0, (size_t)hd * KV_B * sizeof *keys);
     uint16_t part[64];
-    for (int i0 = 0; i0 < d; i0 += 64) {
+    keys += pos % KV_B;
+    for (int i0 = 0, h = 0, j = 0; i0 < d; i0 += 64) {
         int c = d - i0 < 64 ? d - i0 : 64;
         kv_narrow(part, qkv + d + i0, c);
         for (int i = 0; i < c; i++) {
-            int h = (i0 + i) / hd, j = (i0 + i) % hd;
-            keys[h * head + (size_t)j * KV_B + pos % KV_B] = part[i];
+            keys[h * head + (size_t)j * KV_B] = part[i];
+            if (++j == hd) j = 0, h++;
         }
     }
     kv_narrow(kv->value + ((size_t)l * kv->cap + pos) * d, qkv + 2 * d, d);
