@@ -845,6 +845,34 @@ static void embed_forward(const model *m, const model_token *t, float *out) {
     for (int i = 0; i < d; i++) out[i] += ty[i];
 }
 
+/* Asks for the embedding rows of n tokens before they are summed: a step's
+ * users bring rows scattered over tables that the states' streaming has
+ * pushed out of the caches, and summing token by token would wait for each
+ * row in turn. Three rounds, as each finds where the next rows are. */
+static void embed_prefetch(const model *m, const model_token *t, int n) {
+    size_t row = (size_t)m->config.dim * sizeof(float);
+    const model_weights *w = &m->weights;
+    for (int i = 0; i < n; i++)
+        if (t[i].item >= 0) {
+            for (size_t o = 0; o < row; o += 64)
+                __builtin_prefetch((const char *)(w->item_emb + (size_t)t[i].item * m->config.dim) + o);
+            __builtin_prefetch(m->attr_off + t[i].item);
+        }
+    for (int i = 0; i < n; i++)
+        if (t[i].item >= 0) __builtin_prefetch(m->attr_rows + m->attr_off[t[i].item]);
+    for (int i = 0; i < n; i++) {
+        const int32_t *rows = t[i].attrs;
+        int k = t[i].n_attrs;
+        if (t[i].item >= 0) {
+            rows = m->attr_rows + m->attr_off[t[i].item];
+            k = m->attr_off[t[i].item + 1] - m->attr_off[t[i].item];
+        }
+        for (int a = 0; a < k; a++)
+            for (size_t o = 0; o < row; o += 64)
+                __builtin_prefetch((const char *)(w->attr_emb + (size_t)rows[a] * m->config.dim) + o);
+    }
+}
+
 /* Stores position pos's key and value, from qkv's row (3*dim: its key and
  * value already rounded, so exactly representable), in layer l of kv, whose
  * capacity holds pos. A position that starts a block of keys clears the
@@ -1056,6 +1084,7 @@ int model_step(const model *m, model_runstate *rs, model_kv *const *kvs,
     for (int b = 0; b < B; b++)
         if (kv_reserve(kvs[b], kvs[b]->n + 1) < 0) return util_err(errstr, errlen, "out of memory");
     int d = m->config.dim;
+    embed_prefetch(m, tokens, B);
     for (int b = 0; b < B; b++) embed_forward(m, &tokens[b], rs->x + (size_t)b * d);
     blocks_forward(m, rs, B, kvs, B);
     layernorm_forward(h_out, rs->x, m->weights.lnf_w, m->weights.lnf_b, B, d);
