@@ -40,9 +40,9 @@
  *                                     Amazon Beauty's users (states grow with their positions)
  *   kv_bytes_per_user_batch_mean      the mean over the batch's states (1 to W-1 positions)
  *
- * The states stepped are the same ones every round (64 users' take about
- * 5 MB, of which a step reads 3.4 MB), more than the core's L2 cache holds:
- * they stream from L3. The service's states come from memory as users
+ * The states stepped are the same ones every round (64 users' take 4.3 MB,
+ * of which a step reads 3.4 MB), more than the core's L2 cache holds: they
+ * stream from L3. The service's states come from memory as users
  * arrive, which costs more.
  *
  * OpenBLAS picks its kernels for the CPU it detects (openblas_core); a CPU
