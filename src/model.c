@@ -585,9 +585,33 @@ typedef void attend_fn(float *restrict out, const float *restrict qkv,
                        const uint16_t *restrict keys, const uint16_t *restrict values, int cap,
                        int H, int hd, int n, float scale, float *restrict att);
 
-static void attend_portable(float *restrict out, const float *restrict qkv,
-                            const uint16_t *restrict keys, const uint16_t *restrict values,
-                            int cap, int H, int hd, int n, float scale, float *restrict att) {
+/* GCC's -O2 cost model leaves the portable kernel's loops scalar (they hold
+ * a conversion per element); the dynamic one vectorizes them, five times
+ * faster on a CPU without F16C. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PORTABLE_KERNEL __attribute__((optimize("vect-cost-model=dynamic")))
+#else
+#define PORTABLE_KERNEL
+#endif
+
+/* x (n) = h (n), finite binary16s, widened without branches so that the
+ * portable kernel's loops vectorize: a half's exponent and mantissa, shifted
+ * into a float's, times 2^112 rebias the exponent (exactly, subnormal halves
+ * included). A state holds no infinity or NaN: kv_round() clamps them. */
+KERNEL_INLINE void half_finite(float *restrict x, const uint16_t *restrict h, int n) {
+    union { uint32_t u; float f; } v;
+    for (int i = 0; i < n; i++) {
+        v.u = (uint32_t)(h[i] & 0x7fff) << 13;
+        v.f *= 0x1p112f;
+        v.u |= (uint32_t)(h[i] & 0x8000) << 16;
+        x[i] = v.f;
+    }
+}
+
+static void PORTABLE_KERNEL attend_portable(float *restrict out, const float *restrict qkv,
+                                            const uint16_t *restrict keys,
+                                            const uint16_t *restrict values, int cap, int H,
+                                            int hd, int n, float scale, float *restrict att) {
     int d = H * hd, S = (int)round_up((size_t)n + 1, KV_B);
     for (int h = 0; h < H; h++) {
         float *a = att + (size_t)h * S;
@@ -595,9 +619,11 @@ static void attend_portable(float *restrict out, const float *restrict qkv,
         const uint16_t *k = keys + (size_t)h * cap * hd;
         for (int b = 0; b * KV_B < n; b++) {
             const uint16_t *blk = k + (size_t)b * hd * KV_B;
-            float s[KV_B] = {0};
-            for (int j = 0; j < hd; j++)
-                for (int t = 0; t < KV_B; t++) s[t] += q[j] * model_half_to_float(blk[j * KV_B + t]);
+            float s[KV_B] = {0}, row[KV_B];
+            for (int j = 0; j < hd; j++) {
+                half_finite(row, blk + j * KV_B, KV_B);
+                for (int t = 0; t < KV_B; t++) s[t] += q[j] * row[t];
+            }
             memcpy(a + b * KV_B, s, sizeof s);
         }
         a[n] = dot_forward(q, qkv + d + h * hd, hd);
@@ -607,7 +633,12 @@ static void attend_portable(float *restrict out, const float *restrict qkv,
         for (int i = 0; i < hd; i++) o[i] = a[n] * last[i];
         for (int t = 0; t < n; t++) {
             const uint16_t *v = values + (size_t)t * d + h * hd;
-            for (int i = 0; i < hd; i++) o[i] += a[t] * model_half_to_float(v[i]);
+            for (int i0 = 0; i0 < hd; i0 += KV_B) {
+                float row[KV_B];
+                int c = hd - i0 < KV_B ? hd - i0 : KV_B;
+                half_finite(row, v + i0, c);
+                for (int i = 0; i < c; i++) o[i0 + i] += a[t] * row[i];
+            }
         }
     }
 }
