@@ -690,7 +690,8 @@ static void TARGET_V4 attend_avx512(float *restrict out, const float *restrict q
     int i = 0;
     for (; i + 64 <= d; i += 64) { /* 4 blocks of 16 columns, rows two at a time */
         const float *w0 = att + (size_t)(i / hd) * S, *w1 = att + (size_t)((i + 16) / hd) * S,
-                    *w2 = att + (size_t)((i + 32) / hd) * S, *w3 = att + (size_t)((i + 48) / hd) * S;
+                    *w2 = att + (size_t)((i + 32) / hd) * S,
+                    *w3 = att + (size_t)((i + 48) / hd) * S;
         __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0,
                o3 = e0;
         int t = 0;
@@ -731,7 +732,8 @@ static void TARGET_V4 attend_avx512(float *restrict out, const float *restrict q
             e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), half16_load(r), e);
             o = _mm512_fmadd_ps(_mm512_set1_ps(w[t + 1]), half16_load(r + d), o);
         }
-        if (t < n) e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), half16_load(values + (size_t)t * d + i), e);
+        if (t < n)
+            e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), half16_load(values + (size_t)t * d + i), e);
         _mm512_storeu_ps(out + i, _mm512_add_ps(e, o));
     }
 }
@@ -783,7 +785,8 @@ static void TARGET_V3 attend_avx2(float *restrict out, const float *restrict qkv
     int i = 0;
     for (; i + 32 <= d; i += 32) { /* 4 blocks of 8 columns, rows two at a time */
         const float *w0 = att + (size_t)(i / hd) * S, *w1 = att + (size_t)((i + 8) / hd) * S,
-                    *w2 = att + (size_t)((i + 16) / hd) * S, *w3 = att + (size_t)((i + 24) / hd) * S;
+                    *w2 = att + (size_t)((i + 16) / hd) * S,
+                    *w3 = att + (size_t)((i + 24) / hd) * S;
         __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0,
                o3 = e0;
         int t = 0;
@@ -824,7 +827,8 @@ static void TARGET_V3 attend_avx2(float *restrict out, const float *restrict qkv
             e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), half8_load(r), e);
             o = _mm256_fmadd_ps(_mm256_set1_ps(w[t + 1]), half8_load(r + d), o);
         }
-        if (t < n) e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), half8_load(values + (size_t)t * d + i), e);
+        if (t < n)
+            e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), half8_load(values + (size_t)t * d + i), e);
         _mm256_storeu_ps(out + i, _mm256_add_ps(e, o));
     }
 }
@@ -881,12 +885,12 @@ static void embed_forward(const model *m, const model_token *t, float *out) {
  * pushed out of the caches, and summing token by token would wait for each
  * row in turn. Three rounds, as each finds where the next rows are. */
 static void embed_prefetch(const model *m, const model_token *t, int n) {
-    size_t row = (size_t)m->config.dim * sizeof(float);
-    const model_weights *w = &m->weights;
+    size_t d = (size_t)m->config.dim, row = d * sizeof(float);
+    const char *items = (const char *)m->weights.item_emb;
+    const char *attrs = (const char *)m->weights.attr_emb;
     for (int i = 0; i < n; i++)
         if (t[i].item >= 0) {
-            for (size_t o = 0; o < row; o += 64)
-                __builtin_prefetch((const char *)(w->item_emb + (size_t)t[i].item * m->config.dim) + o);
+            for (size_t o = 0; o < row; o += 64) __builtin_prefetch(items + t[i].item * row + o);
             __builtin_prefetch(m->attr_off + t[i].item);
         }
     for (int i = 0; i < n; i++)
@@ -899,8 +903,7 @@ static void embed_prefetch(const model *m, const model_token *t, int n) {
             k = m->attr_off[t[i].item + 1] - m->attr_off[t[i].item];
         }
         for (int a = 0; a < k; a++)
-            for (size_t o = 0; o < row; o += 64)
-                __builtin_prefetch((const char *)(w->attr_emb + (size_t)rows[a] * m->config.dim) + o);
+            for (size_t o = 0; o < row; o += 64) __builtin_prefetch(attrs + rows[a] * row + o);
     }
 }
 

@@ -27,7 +27,8 @@ static model_kv *kv_holding(const model *mod, model_runstate *rs, int n) {
     assert_non_null(kv);
     model_token toks[64];
     assert_true(n <= 64);
-    for (int i = 0; i < n; i++) toks[i] = (model_token){.item = (int32_t)(i * 11 % 50), .type = i % 6};
+    for (int i = 0; i < n; i++)
+        toks[i] = (model_token){.item = (int32_t)(i * 11 % 50), .type = i % 6};
     char err[256];
     if (n) assert_int_equal(model_prefill(mod, rs, kv, toks, n, NULL, err, sizeof err), 0);
     return kv;
