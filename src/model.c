@@ -971,10 +971,10 @@ static int kv_reserve(model_kv *kv, int positions) {
     uint16_t *key = aligned_alloc(64, 2 * per * sizeof *key), *value = key + per;
     if (!key) return -1;
     size_t blocks = round_up((size_t)kv->n, KV_B) * hd; /* halves held per head */
-    for (int lh = 0; lh < kv->n_layers * H; lh++)
+    for (int lh = 0; kv->n && lh < kv->n_layers * H; lh++)
         memcpy(key + (size_t)lh * cap * hd, kv->key + (size_t)lh * kv->cap * hd,
                blocks * sizeof *key);
-    for (int l = 0; l < kv->n_layers; l++)
+    for (int l = 0; kv->n && l < kv->n_layers; l++)
         memcpy(value + (size_t)l * cap * d, kv->value + (size_t)l * kv->cap * d,
                (size_t)kv->n * d * sizeof *value);
     free(kv->key);
