@@ -72,7 +72,7 @@ typedef struct {
     float *qkv;       /* (rows, 3*dim) queries, keys, values */
     float *atty;      /* (rows, dim) attention output, heads side by side */
     float *hb;        /* (rows, hidden) feed-forward hidden layer */
-    float *att;       /* (max(window^2, heads * (window + 16))) attention weights */
+    float *att;       /* (max(window^2, heads * round_up(window + 1, 16))) attention weights */
     float *kvf;       /* (2, window, dim) a state's keys, then values, widened to float
                        * for a prefill onto it */
     float *act_mem;   /* the allocation the pointers above share */

@@ -8,9 +8,10 @@
  * and they share every layer but attention's source of keys: a step advances
  * B users by one position each, a prefill appends n positions of one user,
  * both attending through the users' KV states; the full recompute attends to
- * its own rows and keeps nothing. A step's attention, one query against a
- * state, has a kernel of its own. The tests hold the first two passes to the
- * third. */
+ * its own rows and keeps nothing. All three round keys and values to
+ * binary16, the form states keep them in. A step's attention, one query
+ * against a state, has a kernel of its own, written for AVX-512, AVX2 and in
+ * portable C. The tests hold the first two passes to the third. */
 #define _GNU_SOURCE
 #include "model.h"
 
