@@ -921,14 +921,13 @@ static void kv_store(model_kv *kv, int l, int pos, const float *qkv) {
         for (int h = 0; h < H; h++) memset(keys + h * head, 0, (size_t)hd * KV_B * sizeof *keys);
     uint16_t part[64];
     keys += pos % KV_B;
-    for (int i0 = 0, h = 0, j = 0; i0 < d; i0 += 64) {
-        int c = d - i0 < 64 ? d - i0 : 64;
-        kv_narrow(part, qkv + d + i0, c);
-        for (int i = 0; i < c; i++) {
-            keys[h * head + (size_t)j * KV_B] = part[i];
-            if (++j == hd) j = 0, h++;
+    for (int h = 0; h < H; h++)
+        for (int j0 = 0; j0 < hd; j0 += 64) { /* a head's key, 64 at a time */
+            int c = hd - j0 < 64 ? hd - j0 : 64;
+            uint16_t *k = keys + h * head + (size_t)j0 * KV_B;
+            kv_narrow(part, qkv + d + h * hd + j0, c);
+            for (int j = 0; j < c; j++) k[(size_t)j * KV_B] = part[j];
         }
-    }
     kv_narrow(kv->value + ((size_t)l * kv->cap + pos) * d, qkv + 2 * d, d);
 }
 
