@@ -48,8 +48,11 @@ size_t kvcache_drop_partition(kvcache *c, int32_t partition);
 /* Drops everything, e.g. when a new model replaces the one the states were computed with. */
 void kvcache_clear(kvcache *c);
 
-/* What an entry costs against the budget: the state's allocation, the entry,
- * its key and its share of the hash table. */
+/* What an entry costs against the budget: the state's allocations as they
+ * are (kv->bytes, which grows with the positions it holds), the entry, its
+ * key and its share of the hash table. The cache charges it when the state is
+ * put; a state advanced in place after kvcache_get() is charged its new size
+ * when it is put back. */
 size_t kvcache_entry_bytes(const model_kv *kv, const char *user_id);
 size_t kvcache_bytes(const kvcache *c);
 size_t kvcache_count(const kvcache *c);

@@ -9,8 +9,9 @@
  *
  * A model is a read-only mapping of a model file (docs/MODEL.md has the
  * layout); any number of run states and KV states may use it. A KV state
- * (model_kv) holds one user's keys and values for up to `window` positions,
- * so that a new event costs one position instead of the whole history.
+ * (model_kv) holds one user's keys and values, in half precision, for up to
+ * `window` positions, so that a new event costs one position instead of the
+ * whole history.
  * Nothing here is thread-safe: a run state and the KV states it advances
  * belong to one thread; the model itself is immutable and may be shared.
  *
@@ -75,20 +76,35 @@ typedef struct {
     float *qkv;       /* (rows, 3*dim) queries, keys, values */
     float *atty;      /* (rows, dim) attention output, heads side by side */
     float *hb;        /* (rows, hidden) feed-forward hidden layer */
-    float *att;       /* (window, window) attention weights of one head */
+    float *att;       /* (max(window^2, heads * round_up(window + 1, 16))) attention weights */
+    float *kvf;       /* (2, window, dim) a state's keys, then values, widened to float
+                       * for a prefill onto it */
     float *act_mem;   /* the allocation the pointers above share */
 } model_runstate;
 
-/* One user's keys and values, in one allocation (key and value point into
- * it, so it is not copied bytewise). Positions are counted from the state's
- * last rebuild (see model_window_positions()). */
+/* Positions of a KV state's key blocks (below) and its unit of capacity. */
+#define MODEL_KV_BLOCK 16
+
+/* One user's keys and values, stored as IEEE binary16 (half precision): the
+ * header, and the arrays in an allocation of their own that grows with the
+ * positions held -- MODEL_KV_BLOCK, then doubling, up to the window -- so
+ * that a user with a short history costs a small state (model_kv_bytes_at()).
+ * Every pass rounds keys and values to binary16 before attending to them,
+ * whether or not it keeps them (docs/MODEL.md), so a state holds exactly the
+ * keys and values a full recompute uses. Positions are counted from the
+ * state's last rebuild (see model_window_positions()). Read positions with
+ * model_kv_position(); the layout is the engine's. */
 typedef struct {
     uint64_t model_tag;   /* the model's checksum: a state is only valid with its model */
-    size_t bytes;         /* the whole allocation, header included */
-    int window;           /* W, positions the arrays below have room for */
+    size_t bytes;         /* header and arrays as allocated now: what a cache charges */
+    int window;           /* W, the most positions it may hold */
     int n;                /* positions held, 0..window */
-    float *key;           /* (L, H, head_dim, W) keys after rotation, transposed per head */
-    float *value;         /* (L, W, dim) */
+    int cap;              /* positions the arrays have room for: 0, or a multiple of
+                           * MODEL_KV_BLOCK (the last one may pass W) */
+    int n_layers, dim, n_heads; /* the shape of the model it was made for */
+    uint16_t *key;        /* (L, H, cap / BLOCK, head_dim, BLOCK) keys after rotation, in
+                           * blocks of BLOCK positions, each a head's rows of BLOCK */
+    uint16_t *value;      /* (L, cap, dim) */
 } model_kv;
 
 /* One event as the model sees it. An item the model never saw has item = -1
@@ -143,14 +159,35 @@ int model_embed_unknown(const model *m, const int32_t *attr_rows, int n, float *
 model_runstate *model_runstate_new(const model *m, int max_batch);
 void model_runstate_free(model_runstate *rs);
 
-/* KV states: kv_bytes = 2 * L * W * dim * 4 plus a 64-byte header. A new
- * state holds no positions. */
+/* KV states. A new state holds no positions and no arrays (model_kv_bytes_at(c, 0)
+ * bytes); it grows as positions are added. */
 model_kv *model_kv_new(const model *m);
 void model_kv_free(model_kv *kv);
-/* Empties kv for use with m: back to no positions. Returns 0, or -1 when kv
- * was made for a model of another size (make a new one). */
+/* Empties kv for use with m: back to no positions, keeping its arrays.
+ * Returns 0, or -1 when kv was made for a model of another size (make a new one). */
 int model_kv_reset(const model *m, model_kv *kv);
+/* Bytes of a state that holds the whole window: a 64-byte header plus
+ * 2 * L * round_up(W, MODEL_KV_BLOCK) * dim * 2. */
 size_t model_kv_bytes(const model_config *c);
+/* Bytes of a state that has held up to `positions` positions since it was made
+ * (0..W): its capacity is the first of BLOCK, 2 BLOCK, 4 BLOCK, ... that holds
+ * them, at most round_up(W, BLOCK). What kv->bytes is for such a state. */
+size_t model_kv_bytes_at(const model_config *c, int positions);
+/* The key (after rotation) and the value of layer l at position pos < kv->n,
+ * widened to float. Returns 0, or -1 when l or pos is out of range. */
+int model_kv_position(const model_kv *kv, int l, int pos, float *key /* (dim) */,
+                      float *value /* (dim) */);
+
+/* IEEE binary16, as KV states store keys and values: a float rounded to the
+ * nearest (ties to even; beyond +-65504, +-65504), and back. */
+uint16_t model_half_from_float(float x);
+float model_half_to_float(uint16_t h);
+
+/* A step's attention over binary16 states has kernels for AVX-512, for AVX2
+ * (both with F16C) and in portable C; the widest the CPU runs is used. With
+ * on nonzero, the portable ones are used instead, as on a CPU without F16C:
+ * for the tests. Process-wide, not thread-safe; call it between passes. */
+void model_use_portable_kernels(int on);
 
 /* The window policy. A state holds at most W positions; when an event would
  * be the (W+1)-th, the state is rebuilt by a prefill over the last W/2 events
@@ -170,25 +207,29 @@ int model_window_positions(const model *m, uint64_t n_events);
 
 /* Appends n positions to kv in one pass batched over positions (sgemm), from
  * scratch when kv holds none; this is how a state is built on a cache miss.
- * h_out, when not NULL, receives the user state after the last token.
- * Returns 0, or -1 with errstr (kv->n + n > W, a bad token, a state of
- * another model); kv is then unchanged. */
+ * kv's arrays grow as needed. h_out, when not NULL, receives the user state
+ * after the last token. Returns 0, or -1 with errstr (kv->n + n > W, a bad
+ * token, a state of another model, out of memory); kv then holds the same
+ * positions (its arrays may have grown). */
 int model_prefill(const model *m, model_runstate *rs, model_kv *kv, const model_token *tokens,
                   int n, float *h_out /* (dim) or NULL */, char *errstr, size_t errlen);
 
 /* Advances B users by one event each: kvs[b] (not NULL) gets tokens[b] as its next
  * position and h_out row b the new user state. Projections and feed-forward
  * run as sgemm over the B users; attention runs per user over its own
- * state. A state appears at most once per call (a user's second new event
- * goes in the next call). Returns 0, or -1 with errstr (B > rs->max_batch, a
- * full state, a bad token, a state of another model); nothing changes then. */
+ * state, whose arrays grow as needed. A state appears at most once per call
+ * (a user's second new event goes in the next call). Returns 0, or -1 with
+ * errstr (B > rs->max_batch, a full state, a bad token, a state of another
+ * model, out of memory); the states then hold the same positions (some
+ * arrays may have grown). */
 int model_step(const model *m, model_runstate *rs, model_kv *const *kvs,
                const model_token *tokens, int B, float *h_out /* (B, dim) */, char *errstr,
                size_t errlen);
 
 /* The user state after tokens[0..n), recomputed from nothing without a KV
- * state (positions 0..n-1, n <= W). The reference the cached paths are
- * tested against, and the cost they save. Returns 0 or -1 with errstr. */
+ * state (positions 0..n-1, n <= W), its keys and values rounded to binary16
+ * as a state's are. The reference the cached paths are tested against, and
+ * the cost they save. Returns 0 or -1 with errstr. */
 int model_forward_full(const model *m, model_runstate *rs, const model_token *tokens, int n,
                        float *h_out /* (dim) */, char *errstr, size_t errlen);
 

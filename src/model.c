@@ -8,9 +8,10 @@
  * and they share every layer but attention's source of keys: a step advances
  * B users by one position each, a prefill appends n positions of one user,
  * both attending through the users' KV states; the full recompute attends to
- * its own rows and keeps nothing. A step's attention, one query against a
- * state, has a kernel of its own. The tests hold the first two passes to the
- * third. */
+ * its own rows and keeps nothing. All three round keys and values to
+ * binary16, the form states keep them in. A step's attention, one query
+ * against a state, has a kernel of its own, written for AVX-512, AVX2 and in
+ * portable C. The tests hold the first two passes to the third. */
 #define _GNU_SOURCE
 #include "model.h"
 
@@ -18,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,10 +156,16 @@ void matmul_naive(float *out, const float *a, const float *b, int m, int n, int 
  * layers */
 
 /* out (R, C) = inp (R, C_in) @ w (C_in, C) + bias (C). */
+static void MODEL_KERNEL bias_forward(float *restrict x, const float *restrict bias, int R,
+                                      int C);
+
+/* out (R, C) = inp (R, C_in) @ w (C_in, C) + bias (C), the bias added after
+ * the product, as sgemm adds a beta term: sgemm then writes out without
+ * reading it, and no pass copies the bias in first. */
 static void matmul_forward(float *out, const float *inp, const float *w, const float *bias, int R,
                            int c_in, int c) {
-    for (int r = 0; r < R; r++) memcpy(out + (size_t)r * c, bias, (size_t)c * sizeof *out);
-    matmul(out, inp, w, R, c, c_in, c_in, c, c, 0, 1.0f);
+    matmul(out, inp, w, R, c, c_in, c_in, c, c, 0, 0.0f);
+    bias_forward(out, bias, R, c);
 }
 
 /* The sum of lane[0..LANES), pairwise so that it vectorizes; lane is spent. */
@@ -233,6 +241,17 @@ static void MODEL_KERNEL gelu_forward(float *restrict x, size_t N) {
     for (size_t i = nv; i < N; i++) x[i] = gelu(x[i]);
 }
 
+/* x (R, C) += bias (C) on every row. */
+static void MODEL_KERNEL bias_forward(float *restrict x, const float *restrict bias, int R,
+                                      int C) {
+    int nv = C & ~(LANES - 1);
+    for (float *row = x; row < x + (size_t)R * C; row += C) {
+        for (int i = 0; i < nv; i += LANES)
+            for (int k = 0; k < LANES; k++) row[i + k] += bias[i + k];
+        for (int i = nv; i < C; i++) row[i] += bias[i];
+    }
+}
+
 /* x (N) += y (N). */
 static void MODEL_KERNEL residual_forward(float *restrict x, const float *restrict y, size_t N) {
     size_t nv = N & ~(size_t)(LANES - 1);
@@ -302,170 +321,487 @@ KERNEL_INLINE void softmax(float *restrict x, int n, float scale) {
     for (int j = nv; j < n; j++) x[j] *= inv;
 }
 
+/* x (n) = softmax(scale * x), for scratch that runs on to S, a multiple of
+ * LANES, past n: the lanes past n are computed, whatever they hold, and set
+ * to 0, so that no scalar loop is left. */
+KERNEL_INLINE void softmax_padded(float *restrict x, int n, int S, float scale) {
+    float max = max_forward(x, n), lane[LANES] = {0};
+    for (int j = 0; j < S; j += LANES)
+        for (int k = 0; k < LANES; k++) {
+            float e = exp_approx(scale * (x[j + k] - max));
+            lane[k] += x[j + k] = j + k < n ? e : 0.0f;
+        }
+    float inv = 1.0f / lanes_sum(lane);
+    for (int j = 0; j < S; j += LANES)
+        for (int k = 0; k < LANES; k++) x[j + k] *= inv;
+}
+
 /* x (T) = softmax(scale * x[0..n)) with x[n..T) = 0: the causal mask. */
 static void MODEL_KERNEL softmax_forward(float *restrict x, int n, int T, float scale) {
     softmax(x, n, scale);
     memset(x + n, 0, (size_t)(T - n) * sizeof *x);
 }
 
-/* att[0..LANES) = q (hd) . keys (hd, LANES), rows ldk apart: the LANES sums
- * stay in registers over the hd rows, in four sums over alternate rows so
- * that four chains of adds run at once. */
-KERNEL_INLINE void keys_block(float *restrict att, const float *restrict q,
-                              const float *restrict keys, size_t ldk, int hd) {
-    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
-    int j = 0;
-    for (; j + 4 <= hd; j += 4) {
-        const float *k0 = keys + j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
-        for (int k = 0; k < LANES; k++) {
-            acc0[k] += q[j] * k0[k];
-            acc1[k] += q[j + 1] * k1[k];
-            acc2[k] += q[j + 2] * k2[k];
-            acc3[k] += q[j + 3] * k3[k];
-        }
-    }
-    for (; j < hd; j++)
-        for (int k = 0; k < LANES; k++) acc0[k] += q[j] * keys[j * ldk + k];
-    for (int k = 0; k < LANES; k++) att[k] = (acc0[k] + acc1[k]) + (acc2[k] + acc3[k]);
+/* ---------------------------------------------------------------------------
+ * binary16 keys and values
+ *
+ * A step reads every position of each user's state, and a batch's states do
+ * not fit in the core's L2 cache: a step's attention waits on memory, not on
+ * arithmetic. So states keep keys and values in IEEE binary16, half the bytes
+ * of float (as llama.cpp's KV cache does by default), widened to float as
+ * they are read, every sum in float. So that a state holds exactly what a
+ * full recompute uses, every pass rounds each position's key and value to
+ * binary16 (kv_round) before attending to them, and a state stores them
+ * without further loss.
+ *
+ * F16C converts 8 or 16 halves in one instruction, but GCC 12 does not
+ * vectorize _Float16 conversions, and the default clone of a target_clones
+ * function cannot hold F16C instructions. So the kernels here are written
+ * three times -- AVX-512 and AVX2, both with F16C, as intrinsics, and portable
+ * C -- and the widest the CPU runs is chosen when the first model is opened,
+ * as target_clones would (valgrind, which emulates no AVX-512, gets AVX2).
+ * All three round alike (to nearest, ties to even); their sums differ by
+ * float rounding, like the other kernels'. */
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#define MODEL_X86 1
+#include <immintrin.h>
+#define TARGET_V4 __attribute__((target("arch=x86-64-v4")))
+#define TARGET_V3 __attribute__((target("arch=x86-64-v3")))
+#else
+#define MODEL_X86 0
+#endif
+
+#define KV_B MODEL_KV_BLOCK
+#define HALF_MAX 65504.0f /* the largest finite binary16 */
+
+enum { ISA_PORTABLE, ISA_AVX2, ISA_AVX512 };
+static int kv_isa;            /* what the CPU runs, set once by kv_isa_init() */
+static int kv_portable;       /* model_use_portable_kernels() */
+static pthread_once_t kv_isa_once = PTHREAD_ONCE_INIT;
+
+static void kv_isa_init(void) {
+#if MODEL_X86
+    __builtin_cpu_init();
+    kv_isa = __builtin_cpu_supports("x86-64-v4")   ? ISA_AVX512
+             : __builtin_cpu_supports("x86-64-v3") ? ISA_AVX2
+                                                   : ISA_PORTABLE;
+#endif
 }
 
-/* The same for 4 blocks side by side, att[0..4 LANES), one sum each. */
-KERNEL_INLINE void keys_block4(float *restrict att, const float *restrict q,
-                               const float *restrict keys, size_t ldk, int hd) {
-    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
-    for (int j = 0; j < hd; j++) {
-        const float *k0 = keys + j * ldk;
-        for (int k = 0; k < LANES; k++) {
-            acc0[k] += q[j] * k0[k];
-            acc1[k] += q[j] * k0[LANES + k];
-            acc2[k] += q[j] * k0[2 * LANES + k];
-            acc3[k] += q[j] * k0[3 * LANES + k];
-        }
-    }
-    memcpy(att, acc0, sizeof acc0);
-    memcpy(att + LANES, acc1, sizeof acc1);
-    memcpy(att + 2 * LANES, acc2, sizeof acc2);
-    memcpy(att + 3 * LANES, acc3, sizeof acc3);
+void model_use_portable_kernels(int on) { kv_portable = on; }
+
+static int kv_level(void) { return kv_portable ? ISA_PORTABLE : kv_isa; }
+
+static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+static uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
 }
 
-/* out[0..LANES) = att (n + 1) @ the n rows of values (ldv apart) and then
- * row last, each LANES wide: four sums over alternate rows, so that four
- * chains of adds run at once. */
-KERNEL_INLINE void values_block(float *restrict out, const float *restrict att,
-                                const float *restrict values, size_t ldv, int n,
-                                const float *restrict last) {
-    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
-    int t = 0;
-    for (; t + 4 <= n; t += 4) {
-        const float *v0 = values + t * ldv, *v1 = v0 + ldv, *v2 = v1 + ldv, *v3 = v2 + ldv;
-        float a0 = att[t], a1 = att[t + 1], a2 = att[t + 2], a3 = att[t + 3];
-        for (int k = 0; k < LANES; k++) {
-            acc0[k] += a0 * v0[k];
-            acc1[k] += a1 * v1[k];
-            acc2[k] += a2 * v2[k];
-            acc3[k] += a3 * v3[k];
-        }
-    }
-    for (; t < n; t++)
-        for (int k = 0; k < LANES; k++) acc0[k] += att[t] * values[t * ldv + k];
-    for (int k = 0; k < LANES; k++)
-        out[k] = (acc0[k] + acc1[k]) + (acc2[k] + acc3[k]) + att[n] * last[k];
+static float f32_from(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
 }
 
-/* The same for 4 blocks side by side, out[0..4 LANES), block b weighted by
- * att[b] (n + 1): they may belong to different heads. Reading whole row
- * segments, rather than one block of every row after another, lets the
- * hardware prefetcher stream the rows in from the L3 cache, where a batch's
- * states live. Two sums per block, over even and odd rows. */
-KERNEL_INLINE void values_block4(float *restrict out, const float *const att[4],
-                                 const float *restrict values, size_t ldv, int n,
-                                 const float *restrict last) {
-    const float *restrict w0 = att[0], *restrict w1 = att[1], *restrict w2 = att[2],
-                          *restrict w3 = att[3];
-    float acc0[LANES] = {0}, acc1[LANES] = {0}, acc2[LANES] = {0}, acc3[LANES] = {0};
-    float odd0[LANES] = {0}, odd1[LANES] = {0}, odd2[LANES] = {0}, odd3[LANES] = {0};
-    int t = 0;
-    for (; t + 2 <= n; t += 2) {
-        const float *v = values + t * ldv, *u = v + ldv;
-        for (int k = 0; k < LANES; k++) {
-            acc0[k] += w0[t] * v[k];
-            acc1[k] += w1[t] * v[LANES + k];
-            acc2[k] += w2[t] * v[2 * LANES + k];
-            acc3[k] += w3[t] * v[3 * LANES + k];
-            odd0[k] += w0[t + 1] * u[k];
-            odd1[k] += w1[t + 1] * u[LANES + k];
-            odd2[k] += w2[t + 1] * u[2 * LANES + k];
-            odd3[k] += w3[t + 1] * u[3 * LANES + k];
-        }
+/* Round to nearest, ties to even (F. Giesen's float_to_half_fast3_rtne),
+ * after a clamp to +-HALF_MAX written as the vector kernels' min and max
+ * behave, so that a NaN becomes HALF_MAX there as here. */
+uint16_t model_half_from_float(float x) {
+    x = x < HALF_MAX ? x : HALF_MAX;
+    x = x > -HALF_MAX ? x : -HALF_MAX;
+    uint32_t f = f32_bits(x), sign = f & 0x80000000u;
+    f ^= sign;
+    uint16_t o;
+    if (f < 113u << 23) {
+        /* Under 2^-14, a subnormal half or zero: adding 0.5 leaves the
+         * multiple of 2^-24 nearest x in the low bits, rounded by the FPU. */
+        o = (uint16_t)(f32_bits(f32_from(f) + 0.5f) - f32_bits(0.5f));
+    } else {
+        /* Rebias the exponent and round away the 13 low bits, ties to even;
+         * a carry into the exponent is the right result. */
+        f += ((uint32_t)(15 - 127) << 23) + 0xfff + ((f >> 13) & 1);
+        o = (uint16_t)(f >> 13);
     }
-    /* then the odd row out, if any, and row last */
-    const float *v = t < n ? values + t * ldv : last;
-    for (; t <= n; t++, v = last) {
-        for (int k = 0; k < LANES; k++) {
-            acc0[k] += w0[t] * v[k];
-            acc1[k] += w1[t] * v[LANES + k];
-            acc2[k] += w2[t] * v[2 * LANES + k];
-            acc3[k] += w3[t] * v[3 * LANES + k];
-        }
+    return (uint16_t)(o | sign >> 16);
+}
+
+float model_half_to_float(uint16_t h) {
+    uint32_t o = (uint32_t)(h & 0x7fff) << 13, exp = o & (0x7c00u << 13);
+    o += (uint32_t)(127 - 15) << 23;
+    if (exp == 0x7c00u << 13) {
+        o += (uint32_t)(128 - 16) << 23; /* infinity, NaN */
+    } else if (exp == 0) {
+        /* A subnormal half: renormalized exactly by a float subtraction. */
+        o = f32_bits(f32_from(o + (1u << 23)) - f32_from(113u << 23));
     }
-    for (int k = 0; k < LANES; k++) {
-        out[k] = acc0[k] + odd0[k];
-        out[LANES + k] = acc1[k] + odd1[k];
-        out[2 * LANES + k] = acc2[k] + odd2[k];
-        out[3 * LANES + k] = acc3[k] + odd3[k];
+    return f32_from(o | (uint32_t)(h & 0x8000) << 16);
+}
+
+#if MODEL_X86
+static inline __attribute__((always_inline)) TARGET_V4 __m512 half16_load(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+static inline __attribute__((always_inline)) TARGET_V4 __m512 half16_clamp(__m512 x) {
+    return _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(HALF_MAX)), _mm512_set1_ps(-HALF_MAX));
+}
+
+static inline __attribute__((always_inline)) TARGET_V3 __m256 half8_load(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static inline __attribute__((always_inline)) TARGET_V3 __m256 half8_clamp(__m256 x) {
+    return _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(HALF_MAX)), _mm256_set1_ps(-HALF_MAX));
+}
+
+#define HALF_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+
+static void TARGET_V4 kv_round_avx512(float *x, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i h = _mm512_cvtps_ph(half16_clamp(_mm512_loadu_ps(x + i)), HALF_RNE);
+        _mm512_storeu_ps(x + i, _mm512_cvtph_ps(h));
+    }
+    for (; i < n; i++) x[i] = model_half_to_float(model_half_from_float(x[i]));
+}
+
+static void TARGET_V3 kv_round_avx2(float *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm256_cvtps_ph(half8_clamp(_mm256_loadu_ps(x + i)), HALF_RNE);
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(h));
+    }
+    for (; i < n; i++) x[i] = model_half_to_float(model_half_from_float(x[i]));
+}
+
+static void TARGET_V4 kv_narrow_avx512(uint16_t *h, const float *x, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(h + i),
+                            _mm512_cvtps_ph(half16_clamp(_mm512_loadu_ps(x + i)), HALF_RNE));
+    for (; i < n; i++) h[i] = model_half_from_float(x[i]);
+}
+
+static void TARGET_V3 kv_narrow_avx2(uint16_t *h, const float *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i),
+                         _mm256_cvtps_ph(half8_clamp(_mm256_loadu_ps(x + i)), HALF_RNE));
+    for (; i < n; i++) h[i] = model_half_from_float(x[i]);
+}
+
+static void TARGET_V3 kv_widen_avx2(float *x, const uint16_t *h, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, half8_load(h + i));
+    for (; i < n; i++) x[i] = model_half_to_float(h[i]);
+}
+#endif
+
+/* x (n) = x rounded to binary16 (and back to float). */
+static void kv_round(float *x, int n) {
+#if MODEL_X86
+    int isa = kv_level();
+    if (isa == ISA_AVX512) return kv_round_avx512(x, n);
+    if (isa == ISA_AVX2) return kv_round_avx2(x, n);
+#endif
+    for (int i = 0; i < n; i++) x[i] = model_half_to_float(model_half_from_float(x[i]));
+}
+
+/* h (n) = x (n) as binary16. */
+static void kv_narrow(uint16_t *h, const float *x, int n) {
+#if MODEL_X86
+    int isa = kv_level();
+    if (isa == ISA_AVX512) return kv_narrow_avx512(h, x, n);
+    if (isa == ISA_AVX2) return kv_narrow_avx2(h, x, n);
+#endif
+    for (int i = 0; i < n; i++) h[i] = model_half_from_float(x[i]);
+}
+
+/* x (n) = h (n) as float. */
+static void kv_widen(float *x, const uint16_t *h, size_t n) {
+#if MODEL_X86
+    if (kv_level() != ISA_PORTABLE) return kv_widen_avx2(x, h, n);
+#endif
+    for (size_t i = 0; i < n; i++) x[i] = model_half_to_float(h[i]);
+}
+
+/* A step's attention: out (d) = softmax(scale q_h . keys_h) @ values_h for
+ * every head h of one new position -- qkv (3d): its query, and its key and
+ * value rounded to binary16 -- that sees the n positions of one layer of a
+ * state, keys (H, cap / B, hd, B) and values (cap, d) in binary16, and
+ * itself. att is scratch of H * round_up(n + 1, B) floats, head h's weights
+ * at h * round_up(n + 1, B). The new key and value are left for the caller
+ * to store. Each head's keys are one run of memory, read block by block,
+ * four blocks at once; the values are read row by row, whole rows at once,
+ * so that the hardware prefetcher streams both. The last block of keys may
+ * be partial: its other lanes are zeros (kv_store()) whose scores are
+ * computed and never used. */
+typedef void attend_fn(float *restrict out, const float *restrict qkv,
+                       const uint16_t *restrict keys, const uint16_t *restrict values, int cap,
+                       int H, int hd, int n, float scale, float *restrict att);
+
+/* GCC's -O2 cost model leaves the portable kernel's loops scalar (they hold
+ * a conversion per element); the dynamic one vectorizes them, five times
+ * faster on a CPU without F16C. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define PORTABLE_KERNEL __attribute__((optimize("vect-cost-model=dynamic")))
+#else
+#define PORTABLE_KERNEL
+#endif
+
+/* x (n) = h (n), finite binary16s, widened without branches so that the
+ * portable kernel's loops vectorize: a half's exponent and mantissa, shifted
+ * into a float's, times 2^112 rebias the exponent (exactly, subnormal halves
+ * included). A state holds no infinity or NaN: kv_round() clamps them. */
+KERNEL_INLINE void half_finite(float *restrict x, const uint16_t *restrict h, int n) {
+    union { uint32_t u; float f; } v;
+    for (int i = 0; i < n; i++) {
+        v.u = (uint32_t)(h[i] & 0x7fff) << 13;
+        v.f *= 0x1p112f;
+        v.u |= (uint32_t)(h[i] & 0x8000) << 16;
+        x[i] = v.f;
     }
 }
 
-/* out (d) = softmax(scale q_h . keys_h) @ values_h for every head h of one
- * new position (qkv: its query, key and value, d = H hd each) that sees the
- * n positions of a KV state, keys (d, n) rows ldk apart and values (n, d)
- * rows ldv apart, and itself; att (H, n + 1) is scratch. Needs hd of at
- * least LANES. A step spends most of its own time here, reading the state
- * once: blocks of outputs keep their sums in registers, and a last partial
- * block is the LANES outputs ending at the last one, overlapping the block
- * before and writing the same values again. The new key and value are left
- * for the caller to store: the state's lines are in cache once this has run,
- * and a store before it would wait for each of them. */
-static void MODEL_KERNEL attend_forward(float *restrict out, const float *restrict qkv,
-                                        const float *restrict keys, size_t ldk,
-                                        const float *restrict values, size_t ldv, int H, int hd,
-                                        int n, float scale, float *restrict att) {
-    int d = H * hd, T = n + 1;
+static void PORTABLE_KERNEL attend_portable(float *restrict out, const float *restrict qkv,
+                                            const uint16_t *restrict keys,
+                                            const uint16_t *restrict values, int cap, int H,
+                                            int hd, int n, float scale, float *restrict att) {
+    int d = H * hd, S = (int)round_up((size_t)n + 1, KV_B);
     for (int h = 0; h < H; h++) {
-        float *att_h = att + (size_t)h * T;
-        const float *q_h = qkv + h * hd, *k_h = keys + (size_t)h * hd * ldk;
-        int t = 0;
-        for (; t + 4 * LANES <= n; t += 4 * LANES) keys_block4(att_h + t, q_h, k_h + t, ldk, hd);
-        for (; t < n && n >= LANES; t += LANES) {
-            int t0 = t + LANES <= n ? t : n - LANES;
-            keys_block(att_h + t0, q_h, k_h + t0, ldk, hd);
+        float *a = att + (size_t)h * S;
+        const float *q = qkv + h * hd;
+        const uint16_t *k = keys + (size_t)h * cap * hd;
+        for (int b = 0; b * KV_B < n; b++) {
+            const uint16_t *blk = k + (size_t)b * hd * KV_B;
+            float s[KV_B] = {0}, row[KV_B];
+            for (int j = 0; j < hd; j++) {
+                half_finite(row, blk + j * KV_B, KV_B);
+                for (int t = 0; t < KV_B; t++) s[t] += q[j] * row[t];
+            }
+            memcpy(a + b * KV_B, s, sizeof s);
         }
-        for (; t < n; t++) { /* fewer than LANES positions */
-            float s = 0;
-            for (int j = 0; j < hd; j++) s += q_h[j] * k_h[j * ldk + t];
-            att_h[t] = s;
+        a[n] = dot_forward(q, qkv + d + h * hd, hd);
+        softmax_padded(a, n + 1, S, scale);
+        float *o = out + h * hd;
+        const float *last = qkv + 2 * d + h * hd;
+        for (int i = 0; i < hd; i++) o[i] = a[n] * last[i];
+        for (int t = 0; t < n; t++) {
+            const uint16_t *v = values + (size_t)t * d + h * hd;
+            for (int i0 = 0; i0 < hd; i0 += KV_B) {
+                float row[KV_B];
+                int c = hd - i0 < KV_B ? hd - i0 : KV_B;
+                half_finite(row, v + i0, c);
+                for (int i = 0; i < c; i++) o[i0 + i] += a[t] * row[i];
+            }
         }
-        att_h[n] = dot_forward(q_h, qkv + d + h * hd, hd);
-        softmax(att_h, T, scale);
+    }
+}
+
+#if MODEL_X86
+/* Needs hd a multiple of 16. */
+static void TARGET_V4 attend_avx512(float *restrict out, const float *restrict qkv,
+                                    const uint16_t *restrict keys,
+                                    const uint16_t *restrict values, int cap, int H, int hd,
+                                    int n, float scale, float *restrict att) {
+    int d = H * hd, S = (int)round_up((size_t)n + 1, KV_B), nb = (n + KV_B - 1) / KV_B;
+    size_t bs = (size_t)hd * KV_B; /* halves in a block */
+    for (int h = 0; h < H; h++) {
+        float *a = att + (size_t)h * S;
+        const float *q = qkv + h * hd;
+        const uint16_t *k = keys + (size_t)h * cap * hd;
+        int b = 0;
+        for (; b + 4 <= nb; b += 4) {
+            __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            for (int j = 0; j < hd; j++) {
+                const uint16_t *r = k + b * bs + (size_t)j * KV_B;
+                __m512 qj = _mm512_set1_ps(q[j]);
+                s0 = _mm512_fmadd_ps(qj, half16_load(r), s0);
+                s1 = _mm512_fmadd_ps(qj, half16_load(r + bs), s1);
+                s2 = _mm512_fmadd_ps(qj, half16_load(r + 2 * bs), s2);
+                s3 = _mm512_fmadd_ps(qj, half16_load(r + 3 * bs), s3);
+            }
+            _mm512_storeu_ps(a + b * KV_B, s0);
+            _mm512_storeu_ps(a + (b + 1) * KV_B, s1);
+            _mm512_storeu_ps(a + (b + 2) * KV_B, s2);
+            _mm512_storeu_ps(a + (b + 3) * KV_B, s3);
+        }
+        for (; b < nb; b++) { /* four chains of adds over rows j mod 4 */
+            const uint16_t *r = k + b * bs;
+            __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            for (int j = 0; j < hd; j += 4, r += 4 * KV_B) {
+                s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[j]), half16_load(r), s0);
+                s1 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 1]), half16_load(r + KV_B), s1);
+                s2 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 2]), half16_load(r + 2 * KV_B), s2);
+                s3 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 3]), half16_load(r + 3 * KV_B), s3);
+            }
+            _mm512_storeu_ps(a + b * KV_B,
+                             _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+        }
+        a[n] = dot_forward(q, qkv + d + h * hd, hd);
+        softmax_padded(a, n + 1, S, scale);
     }
     const float *last = qkv + 2 * d;
     int i = 0;
-    if (hd % LANES == 0) {
-        /* Blocks never straddle two heads: whole rows at a time. */
-        for (; i + 4 * LANES <= d; i += 4 * LANES) {
-            const float *w[4];
-            for (int b = 0; b < 4; b++) w[b] = att + (size_t)((i + b * LANES) / hd) * T;
-            values_block4(out + i, w, values + i, ldv, n, last + i);
+    for (; i + 64 <= d; i += 64) { /* 4 blocks of 16 columns, rows two at a time */
+        const float *w0 = att + (size_t)(i / hd) * S, *w1 = att + (size_t)((i + 16) / hd) * S,
+                    *w2 = att + (size_t)((i + 32) / hd) * S,
+                    *w3 = att + (size_t)((i + 48) / hd) * S;
+        __m512 e0 = _mm512_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0,
+               o3 = e0;
+        int t = 0;
+        for (; t + 2 <= n; t += 2) {
+            const uint16_t *r = values + (size_t)t * d + i, *u = r + d;
+            e0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t]), half16_load(r), e0);
+            e1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t]), half16_load(r + 16), e1);
+            e2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t]), half16_load(r + 32), e2);
+            e3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t]), half16_load(r + 48), e3);
+            o0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t + 1]), half16_load(u), o0);
+            o1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t + 1]), half16_load(u + 16), o1);
+            o2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t + 1]), half16_load(u + 32), o2);
+            o3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t + 1]), half16_load(u + 48), o3);
         }
-        for (; i < d; i += LANES)
-            values_block(out + i, att + (size_t)(i / hd) * T, values + i, ldv, n, last + i);
-        return;
+        if (t < n) {
+            const uint16_t *r = values + (size_t)t * d + i;
+            e0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t]), half16_load(r), e0);
+            e1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t]), half16_load(r + 16), e1);
+            e2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t]), half16_load(r + 32), e2);
+            e3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t]), half16_load(r + 48), e3);
+        }
+        o0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[n]), _mm512_loadu_ps(last + i), o0);
+        o1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[n]), _mm512_loadu_ps(last + i + 16), o1);
+        o2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[n]), _mm512_loadu_ps(last + i + 32), o2);
+        o3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[n]), _mm512_loadu_ps(last + i + 48), o3);
+        _mm512_storeu_ps(out + i, _mm512_add_ps(e0, o0));
+        _mm512_storeu_ps(out + i + 16, _mm512_add_ps(e1, o1));
+        _mm512_storeu_ps(out + i + 32, _mm512_add_ps(e2, o2));
+        _mm512_storeu_ps(out + i + 48, _mm512_add_ps(e3, o3));
     }
-    for (int h = 0; h < H; h++)
-        for (i = 0; i < hd; i += LANES) {
-            int i0 = h * hd + (i + LANES <= hd ? i : hd - LANES);
-            values_block(out + i0, att + (size_t)h * T, values + i0, ldv, n, last + i0);
+    for (; i < d; i += 16) {
+        const float *w = att + (size_t)(i / hd) * S;
+        __m512 e = _mm512_mul_ps(_mm512_set1_ps(w[n]), _mm512_loadu_ps(last + i)),
+               o = _mm512_setzero_ps();
+        int t = 0;
+        for (; t + 2 <= n; t += 2) {
+            const uint16_t *r = values + (size_t)t * d + i;
+            e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), half16_load(r), e);
+            o = _mm512_fmadd_ps(_mm512_set1_ps(w[t + 1]), half16_load(r + d), o);
         }
+        if (t < n)
+            e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), half16_load(values + (size_t)t * d + i), e);
+        _mm512_storeu_ps(out + i, _mm512_add_ps(e, o));
+    }
+}
+
+/* Needs hd a multiple of 8. */
+static void TARGET_V3 attend_avx2(float *restrict out, const float *restrict qkv,
+                                  const uint16_t *restrict keys, const uint16_t *restrict values,
+                                  int cap, int H, int hd, int n, float scale,
+                                  float *restrict att) {
+    int d = H * hd, S = (int)round_up((size_t)n + 1, KV_B), nb = (n + KV_B - 1) / KV_B;
+    size_t bs = (size_t)hd * KV_B;
+    for (int h = 0; h < H; h++) {
+        float *a = att + (size_t)h * S;
+        const float *q = qkv + h * hd;
+        const uint16_t *k = keys + (size_t)h * cap * hd;
+        int b = 0;
+        for (; b + 2 <= nb; b += 2) { /* two blocks, each two vectors of 8 */
+            __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            for (int j = 0; j < hd; j++) {
+                const uint16_t *r = k + b * bs + (size_t)j * KV_B;
+                __m256 qj = _mm256_set1_ps(q[j]);
+                s0 = _mm256_fmadd_ps(qj, half8_load(r), s0);
+                s1 = _mm256_fmadd_ps(qj, half8_load(r + 8), s1);
+                s2 = _mm256_fmadd_ps(qj, half8_load(r + bs), s2);
+                s3 = _mm256_fmadd_ps(qj, half8_load(r + bs + 8), s3);
+            }
+            _mm256_storeu_ps(a + b * KV_B, s0);
+            _mm256_storeu_ps(a + b * KV_B + 8, s1);
+            _mm256_storeu_ps(a + (b + 1) * KV_B, s2);
+            _mm256_storeu_ps(a + (b + 1) * KV_B + 8, s3);
+        }
+        if (b < nb) {
+            const uint16_t *r = k + b * bs;
+            __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            for (int j = 0; j < hd; j += 2) {
+                const uint16_t *r0 = r + j * KV_B, *r1 = r0 + KV_B;
+                s0 = _mm256_fmadd_ps(_mm256_set1_ps(q[j]), half8_load(r0), s0);
+                s1 = _mm256_fmadd_ps(_mm256_set1_ps(q[j]), half8_load(r0 + 8), s1);
+                s2 = _mm256_fmadd_ps(_mm256_set1_ps(q[j + 1]), half8_load(r1), s2);
+                s3 = _mm256_fmadd_ps(_mm256_set1_ps(q[j + 1]), half8_load(r1 + 8), s3);
+            }
+            _mm256_storeu_ps(a + b * KV_B, _mm256_add_ps(s0, s2));
+            _mm256_storeu_ps(a + b * KV_B + 8, _mm256_add_ps(s1, s3));
+        }
+        a[n] = dot_forward(q, qkv + d + h * hd, hd);
+        softmax_padded(a, n + 1, S, scale);
+    }
+    const float *last = qkv + 2 * d;
+    int i = 0;
+    for (; i + 32 <= d; i += 32) { /* 4 blocks of 8 columns, rows two at a time */
+        const float *w0 = att + (size_t)(i / hd) * S, *w1 = att + (size_t)((i + 8) / hd) * S,
+                    *w2 = att + (size_t)((i + 16) / hd) * S,
+                    *w3 = att + (size_t)((i + 24) / hd) * S;
+        __m256 e0 = _mm256_setzero_ps(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0,
+               o3 = e0;
+        int t = 0;
+        for (; t + 2 <= n; t += 2) {
+            const uint16_t *r = values + (size_t)t * d + i, *u = r + d;
+            e0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t]), half8_load(r), e0);
+            e1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t]), half8_load(r + 8), e1);
+            e2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t]), half8_load(r + 16), e2);
+            e3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t]), half8_load(r + 24), e3);
+            o0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t + 1]), half8_load(u), o0);
+            o1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t + 1]), half8_load(u + 8), o1);
+            o2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t + 1]), half8_load(u + 16), o2);
+            o3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t + 1]), half8_load(u + 24), o3);
+        }
+        if (t < n) {
+            const uint16_t *r = values + (size_t)t * d + i;
+            e0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t]), half8_load(r), e0);
+            e1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t]), half8_load(r + 8), e1);
+            e2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t]), half8_load(r + 16), e2);
+            e3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t]), half8_load(r + 24), e3);
+        }
+        o0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[n]), _mm256_loadu_ps(last + i), o0);
+        o1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[n]), _mm256_loadu_ps(last + i + 8), o1);
+        o2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[n]), _mm256_loadu_ps(last + i + 16), o2);
+        o3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[n]), _mm256_loadu_ps(last + i + 24), o3);
+        _mm256_storeu_ps(out + i, _mm256_add_ps(e0, o0));
+        _mm256_storeu_ps(out + i + 8, _mm256_add_ps(e1, o1));
+        _mm256_storeu_ps(out + i + 16, _mm256_add_ps(e2, o2));
+        _mm256_storeu_ps(out + i + 24, _mm256_add_ps(e3, o3));
+    }
+    for (; i < d; i += 8) {
+        const float *w = att + (size_t)(i / hd) * S;
+        __m256 e = _mm256_mul_ps(_mm256_set1_ps(w[n]), _mm256_loadu_ps(last + i)),
+               o = _mm256_setzero_ps();
+        int t = 0;
+        for (; t + 2 <= n; t += 2) {
+            const uint16_t *r = values + (size_t)t * d + i;
+            e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), half8_load(r), e);
+            o = _mm256_fmadd_ps(_mm256_set1_ps(w[t + 1]), half8_load(r + d), o);
+        }
+        if (t < n)
+            e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), half8_load(values + (size_t)t * d + i), e);
+        _mm256_storeu_ps(out + i, _mm256_add_ps(e, o));
+    }
+}
+#endif
+
+/* The widest attention kernel the CPU runs for head size hd. */
+static attend_fn *kv_attend_kernel(int hd) {
+#if MODEL_X86
+    int isa = kv_level();
+    if (isa == ISA_AVX512 && hd % 16 == 0) return attend_avx512;
+    if (isa >= ISA_AVX2 && hd % 8 == 0) return attend_avx2;
+#endif
+    (void)hd;
+    return attend_portable;
 }
 
 /* out (dim) += mean of attr_emb over rows[0..n), computed apart so that every
@@ -474,10 +810,14 @@ static void attrmean_forward(const model *m, const int32_t *rows, int n, float *
     if (n <= 0) return;
     int d = m->config.dim;
     const float *emb = m->weights.attr_emb;
-    for (int i = 0; i < d; i++) {
-        float s = 0;
-        for (int r = 0; r < n; r++) s += emb[(size_t)rows[r] * d + i];
-        out[i] += s / n;
+    for (int i0 = 0; i0 < d; i0 += 64) { /* rows added in order, 64 columns at a time */
+        int c = d - i0 < 64 ? d - i0 : 64;
+        float s[64] = {0};
+        for (int r = 0; r < n; r++) {
+            const float *e = emb + (size_t)rows[r] * d + i0;
+            for (int i = 0; i < c; i++) s[i] += e[i];
+        }
+        for (int i = 0; i < c; i++) out[i0 + i] += s[i] / n;
     }
 }
 
@@ -499,61 +839,162 @@ static void embed_forward(const model *m, const model_token *t, float *out) {
     for (int i = 0; i < d; i++) out[i] += ty[i];
 }
 
-/* Appends the rotated keys and the values of qkv's n rows (3*dim each) to
- * layer l of kv, at positions kv->n... */
-static void kv_append(const model *m, model_kv *kv, int l, const float *qkv, int n) {
-    const model_config *c = &m->config;
-    int d = c->dim, W = c->window;
-    float *key = kv->key + (size_t)l * d * W;        /* (H, hd, W): (dim, W) */
-    float *value = kv->value + (size_t)l * W * d;    /* (W, dim) */
+/* Asks for the embedding rows of n tokens before they are summed: a step's
+ * users bring rows scattered over tables that the states' streaming has
+ * pushed out of the caches, and summing token by token would wait for each
+ * row in turn. Three rounds, as each finds where the next rows are. */
+static void embed_prefetch(const model *m, const model_token *t, int n) {
+    size_t d = (size_t)m->config.dim, row = d * sizeof(float);
+    const char *items = (const char *)m->weights.item_emb;
+    const char *attrs = (const char *)m->weights.attr_emb;
+    for (int i = 0; i < n; i++)
+        if (t[i].item >= 0) {
+            for (size_t o = 0; o < row; o += 64) __builtin_prefetch(items + t[i].item * row + o);
+            __builtin_prefetch(m->attr_off + t[i].item);
+        }
+    for (int i = 0; i < n; i++)
+        if (t[i].item >= 0) __builtin_prefetch(m->attr_rows + m->attr_off[t[i].item]);
     for (int i = 0; i < n; i++) {
-        const float *q = qkv + (size_t)i * 3 * d;
-        for (int j = 0; j < d; j++) key[(size_t)j * W + kv->n + i] = q[d + j];
-        memcpy(value + (size_t)(kv->n + i) * d, q + 2 * d, (size_t)d * sizeof *value);
+        const int32_t *rows = t[i].attrs;
+        int k = t[i].n_attrs;
+        if (t[i].item >= 0) {
+            rows = m->attr_rows + m->attr_off[t[i].item];
+            k = m->attr_off[t[i].item + 1] - m->attr_off[t[i].item];
+        }
+        for (int a = 0; a < k; a++)
+            for (size_t o = 0; o < row; o += 64) __builtin_prefetch(attrs + rows[a] * row + o);
     }
+}
+
+/* Stores position pos's key and value, from qkv's row (3*dim: its key and
+ * value already rounded, so exactly representable), in layer l of kv, whose
+ * capacity holds pos. A position that starts a block of keys clears the
+ * block first: the lanes of positions not yet held are zeros, never garbage,
+ * when a step computes a whole block. */
+static void kv_store(model_kv *kv, int l, int pos, const float *qkv) {
+    int d = kv->dim, H = kv->n_heads, hd = d / H;
+    size_t head = (size_t)kv->cap * hd; /* halves of one head's keys */
+    uint16_t *keys = kv->key + (size_t)l * H * head + (size_t)(pos / KV_B) * hd * KV_B;
+    if (pos % KV_B == 0)
+        for (int h = 0; h < H; h++) memset(keys + h * head, 0, (size_t)hd * KV_B * sizeof *keys);
+    uint16_t part[64];
+    keys += pos % KV_B;
+    for (int h = 0; h < H; h++)
+        for (int j0 = 0; j0 < hd; j0 += 64) { /* a head's key, 64 at a time */
+            int c = hd - j0 < 64 ? hd - j0 : 64;
+            uint16_t *k = keys + h * head + (size_t)j0 * KV_B;
+            kv_narrow(part, qkv + d + h * hd + j0, c);
+            for (int j = 0; j < c; j++) k[(size_t)j * KV_B] = part[j];
+        }
+    kv_narrow(kv->value + ((size_t)l * kv->cap + pos) * d, qkv + 2 * d, d);
+}
+
+/* Widens the first n positions of layer l of kv to float rows: keys (n, dim)
+ * and values (n, dim). */
+static void kv_widen_rows(const model_kv *kv, int l, int n, float *keys, float *values) {
+    int d = kv->dim, H = kv->n_heads, hd = d / H;
+    size_t head = (size_t)kv->cap * hd;
+    const uint16_t *k = kv->key + (size_t)l * H * head;
+    for (int h = 0; h < H; h++)
+        for (int p = 0; p < n; p++) {
+            const uint16_t *blk = k + h * head + (size_t)(p / KV_B) * hd * KV_B + p % KV_B;
+            for (int j = 0; j < hd; j++)
+                keys[(size_t)p * d + h * hd + j] = model_half_to_float(blk[j * KV_B]);
+        }
+    kv_widen(values, kv->value + (size_t)l * kv->cap * d, (size_t)n * d);
+}
+
+/* The capacity for `positions` positions: the first of B, 2 B, 4 B, ... that
+ * holds them, at most the window rounded up to B; 0 for none. */
+static int kv_cap_for(int window, int positions) {
+    int max = (int)round_up((size_t)window, KV_B), cap = KV_B;
+    if (positions <= 0) return 0;
+    while (cap < positions && cap < max) cap *= 2;
+    return cap < max ? cap : max;
+}
+
+/* The header, then keys and values of cap positions. */
+static size_t kv_bytes_for(int n_layers, int dim, int cap) {
+    return 64 + 2 * (size_t)n_layers * cap * dim * sizeof(uint16_t);
+}
+
+/* Makes room in kv for `positions` positions, moving what it holds into
+ * arrays of the next capacity when it has too little. Returns 0, or -1 when
+ * memory runs out (kv unchanged). Geometric growth keeps the copying to a
+ * constant per position; a state reset keeps its arrays. */
+static int kv_reserve(model_kv *kv, int positions) {
+    if (positions <= kv->cap) return 0;
+    int cap = kv_cap_for(kv->window, positions), d = kv->dim, H = kv->n_heads, hd = d / H;
+    size_t per = (size_t)kv->n_layers * cap * d; /* halves in each array */
+    uint16_t *key = aligned_alloc(64, 2 * per * sizeof *key), *value = key + per;
+    if (!key) return -1;
+    size_t blocks = round_up((size_t)kv->n, KV_B) * hd; /* halves held per head */
+    for (int lh = 0; kv->n && lh < kv->n_layers * H; lh++)
+        memcpy(key + (size_t)lh * cap * hd, kv->key + (size_t)lh * kv->cap * hd,
+               blocks * sizeof *key);
+    for (int l = 0; kv->n && l < kv->n_layers; l++)
+        memcpy(value + (size_t)l * cap * d, kv->value + (size_t)l * kv->cap * d,
+               (size_t)kv->n * d * sizeof *value);
+    free(kv->key);
+    kv->key = key;
+    kv->value = value;
+    kv->cap = cap;
+    kv->bytes = kv_bytes_for(kv->n_layers, d, cap);
+    return 0;
 }
 
 /* Causal self-attention of layer l for one user whose n new positions are
  * rows [row, row + n) of rs->qkv, written to the same rows of rs->atty.
- * With a KV state, the rotated keys and the values of the new positions are
- * appended to it (positions kv->n...) and the queries attend to everything
- * it holds; without one, positions count from 0 and the queries attend to
+ * Each new key (rotated) and value is first rounded to binary16, with or
+ * without a state. With a KV state, they are stored in it (positions
+ * kv->n..., within its capacity) and the queries attend to everything it
+ * holds; without one, positions count from 0 and the queries attend to
  * these rows alone. kv->n itself is the caller's to advance. */
 static void attention_forward(const model *m, model_runstate *rs, int l, model_kv *kv, int row,
                               int n) {
     const model_config *c = &m->config;
-    int d = c->dim, H = c->n_heads, hd = d / H, W = c->window;
+    int d = c->dim, H = c->n_heads, hd = d / H;
     int n0 = kv ? kv->n : 0, T = n0 + n;  /* T: the keys the last new position sees */
     float *qkv = rs->qkv + (size_t)row * 3 * d;
-    for (int i = 0; i < n; i++) rope_forward(m, qkv + (size_t)i * 3 * d, n0 + i);
+    for (int i = 0; i < n; i++) {
+        float *r = qkv + (size_t)i * 3 * d;
+        rope_forward(m, r, n0 + i);
+        kv_round(r + d, 2 * d); /* the key and the value, side by side */
+    }
     float scale = 1.0f / sqrtf((float)hd);
     float *atty = rs->atty + (size_t)row * d;
 
-    if (kv && n == 1 && hd >= LANES && (size_t)H * T <= (size_t)W * W) {
+    if (kv && n == 1) {
         /* A step: one query against the state, a product too small for sgemm */
-        attend_forward(atty, qkv, kv->key + (size_t)l * d * W, (size_t)W,
-                       kv->value + (size_t)l * W * d, (size_t)d, H, hd, n0, scale, rs->att);
-        kv_append(m, kv, l, qkv, 1);
+        size_t layer = (size_t)l * kv->cap * d;
+        kv_attend_kernel(hd)(atty, qkv, kv->key + layer, kv->value + layer, kv->cap, H, hd, n0,
+                             scale, rs->att);
+        kv_store(kv, l, n0, qkv);
         return;
     }
-    const float *keys, *values;
-    int ldk, ldv, k_t;
-    if (kv) {
-        kv_append(m, kv, l, qkv, n);
-        keys = kv->key + (size_t)l * d * W, ldk = W, k_t = 0;
-        values = kv->value + (size_t)l * W * d, ldv = d;
-    } else {
-        keys = qkv + d, ldk = 3 * d, k_t = 1;
-        values = qkv + 2 * d, ldv = 3 * d;
+    /* keys and values (T, d), rows ld apart: these rows' own, or the state's
+     * positions widened to float followed by these rows' */
+    const float *keys = qkv + d, *values = qkv + 2 * d;
+    int ld = 3 * d;
+    if (n0 > 0) {
+        float *kf = rs->kvf, *vf = rs->kvf + (size_t)c->window * d;
+        kv_widen_rows(kv, l, n0, kf, vf);
+        for (int i = 0; i < n; i++) {
+            memcpy(kf + (size_t)(n0 + i) * d, qkv + (size_t)i * 3 * d + d, (size_t)d * sizeof *kf);
+            memcpy(vf + (size_t)(n0 + i) * d, qkv + (size_t)i * 3 * d + 2 * d,
+                   (size_t)d * sizeof *vf);
+        }
+        keys = kf, values = vf, ld = d;
     }
     for (int h = 0; h < H; h++) {
         /* att (n, T) = q_h (n, hd) @ k_h^T, then the causal softmax per row */
-        const float *k_h = k_t ? keys + h * hd : keys + (size_t)h * hd * W;
-        matmul(rs->att, qkv + h * hd, k_h, n, T, hd, 3 * d, ldk, T, k_t, 0.0f);
+        matmul(rs->att, qkv + h * hd, keys + h * hd, n, T, hd, 3 * d, ld, T, 1, 0.0f);
         for (int i = 0; i < n; i++) softmax_forward(rs->att + (size_t)i * T, n0 + i + 1, T, scale);
         /* atty_h (n, hd) = att (n, T) @ v_h (T, hd) */
-        matmul(atty + h * hd, rs->att, values + h * hd, n, hd, T, T, ldv, d, 0, 0.0f);
+        matmul(atty + h * hd, rs->att, values + h * hd, n, hd, T, T, ld, d, 0, 0.0f);
     }
+    if (kv)
+        for (int i = 0; i < n; i++) kv_store(kv, l, n0 + i, qkv + (size_t)i * 3 * d);
 }
 
 /* The L blocks over rows [0, R) of rs->x: n_users users of R / n_users new
@@ -632,7 +1073,10 @@ int model_step(const model *m, model_runstate *rs, model_kv *const *kvs,
             if (kvs[b2] == kvs[b])
                 return util_err(errstr, errlen, "the same KV state twice in one step");
     }
+    for (int b = 0; b < B; b++)
+        if (kv_reserve(kvs[b], kvs[b]->n + 1) < 0) return util_err(errstr, errlen, "out of memory");
     int d = m->config.dim;
+    embed_prefetch(m, tokens, B);
     for (int b = 0; b < B; b++) embed_forward(m, &tokens[b], rs->x + (size_t)b * d);
     blocks_forward(m, rs, B, kvs, B);
     layernorm_forward(h_out, rs->x, m->weights.lnf_w, m->weights.lnf_b, B, d);
@@ -656,6 +1100,7 @@ int model_prefill(const model *m, model_runstate *rs, model_kv *kv, const model_
     if (kv_check(m, kv, n, errstr, errlen) < 0 ||
         sequence_embed(m, rs, tokens, n, errstr, errlen) < 0)
         return -1;
+    if (kv_reserve(kv, kv->n + n) < 0) return util_err(errstr, errlen, "out of memory");
     blocks_forward(m, rs, n, &kv, 1);
     int d = m->config.dim;
     if (h_out)
@@ -762,7 +1207,9 @@ model_runstate *model_runstate_new(const model *m, int max_batch) {
     model_runstate *rs = calloc(1, sizeof *rs);
     if (!rs) return NULL;
     size_t R = (size_t)(max_batch > c->window ? max_batch : c->window), d = c->dim;
-    size_t floats = R * (7 * d + c->hidden) + (size_t)c->window * c->window;
+    size_t W = c->window, att = W * W, step_att = c->n_heads * round_up(W + 1, KV_B);
+    if (step_att > att) att = step_att;
+    size_t floats = R * (7 * d + c->hidden) + att + 2 * W * d;
     if (!(rs->act_mem = calloc(floats, sizeof(float)))) {
         free(rs);
         return NULL;
@@ -776,7 +1223,8 @@ model_runstate *model_runstate_new(const model *m, int max_batch) {
     rs->qkv = p, p += R * 3 * d;
     rs->atty = p, p += R * d;
     rs->hb = p, p += R * c->hidden;
-    rs->att = p;
+    rs->att = p, p += att;
+    rs->kvf = p;
     return rs;
 }
 
@@ -786,36 +1234,58 @@ void model_runstate_free(model_runstate *rs) {
     free(rs);
 }
 
-/* The header takes the first 64 bytes so the arrays stay aligned. */
+/* The header is an allocation of 64 bytes, as charged. */
 _Static_assert(sizeof(model_kv) <= 64, "model_kv header must fit in 64 bytes");
 
 size_t model_kv_bytes(const model_config *c) {
-    return 64 + 2 * (size_t)c->n_layers * c->window * c->dim * sizeof(float);
+    return kv_bytes_for(c->n_layers, c->dim, kv_cap_for(c->window, c->window));
+}
+
+size_t model_kv_bytes_at(const model_config *c, int positions) {
+    return kv_bytes_for(c->n_layers, c->dim, kv_cap_for(c->window, positions));
 }
 
 model_kv *model_kv_new(const model *m) {
     const model_config *c = &m->config;
-    size_t bytes = model_kv_bytes(c);
-    model_kv *kv = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    model_kv *kv = aligned_alloc(64, 64);
     if (!kv) return NULL;
-    /* Only the header: positions past n are never read, and clearing ~200 KB
-     * per state cost a tenth of the service's time when states churn. */
     memset(kv, 0, 64);
-    kv->bytes = bytes;
+    kv->bytes = kv_bytes_for(c->n_layers, c->dim, 0);
     kv->window = c->window;
-    kv->key = (float *)((char *)kv + 64);
-    kv->value = kv->key + (size_t)c->n_layers * c->window * c->dim;
+    kv->n_layers = c->n_layers;
+    kv->dim = c->dim;
+    kv->n_heads = c->n_heads;
     kv->model_tag = m->checksum;
     return kv;
 }
 
-void model_kv_free(model_kv *kv) { free(kv); }
+void model_kv_free(model_kv *kv) {
+    if (!kv) return;
+    free(kv->key); /* the values share its allocation */
+    free(kv);
+}
 
 int model_kv_reset(const model *m, model_kv *kv) {
-    /* Same size and window keep every index in bounds, whatever the shape. */
-    if (kv->bytes != model_kv_bytes(&m->config) || kv->window != m->config.window) return -1;
+    /* The same shape keeps every index in bounds. */
+    const model_config *c = &m->config;
+    if (kv->window != c->window || kv->n_layers != c->n_layers || kv->dim != c->dim ||
+        kv->n_heads != c->n_heads)
+        return -1;
     kv->model_tag = m->checksum;
     kv->n = 0;
+    return 0;
+}
+
+int model_kv_position(const model_kv *kv, int l, int pos, float *key, float *value) {
+    if (l < 0 || l >= kv->n_layers || pos < 0 || pos >= kv->n) return -1;
+    int d = kv->dim, hd = d / kv->n_heads;
+    size_t head = (size_t)kv->cap * hd;
+    for (int i = 0; i < d; i++)
+        key[i] = model_half_to_float(kv->key[(size_t)l * kv->n_heads * head + (i / hd) * head +
+                                             (size_t)(pos / KV_B) * hd * KV_B +
+                                             (size_t)(i % hd) * KV_B + pos % KV_B]);
+    for (int i = 0; i < d; i++)
+        value[i] = model_half_to_float(kv->value[((size_t)l * kv->cap + pos) * d + i]);
     return 0;
 }
 
@@ -1105,6 +1575,7 @@ model *model_open(const char *path, char *errstr, size_t errlen) {
                  why);
         goto err;
     }
+    pthread_once(&kv_isa_once, kv_isa_init);
     if (rope_init(m) < 0) {
         util_err(errstr, errlen, "out of memory");
         goto err;

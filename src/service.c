@@ -1917,9 +1917,10 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
         goto startup_err;
     }
     if (s.model_path[0]) {
-        /* Model states (~200 KB each) are freed and made as users come and
-         * go: keep them in the heap, where a freed one is reused, instead of
-         * mapping fresh zeroed pages for every one. */
+        /* Model states (8 to ~100 KB each, growing with a user's history)
+         * are freed and made as users come and go: keep them in the heap,
+         * where a freed one is reused, instead of mapping fresh zeroed pages
+         * for every one. */
         mallopt(M_MMAP_THRESHOLD, 4 << 20);
         if (!(s.rec = recommend_new(s.model_path, (int)config_int(cfg, "model.max_batch"),
                                     (size_t)config_int(cfg, "model.kv_cache_mb") << 20,

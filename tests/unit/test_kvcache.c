@@ -1,6 +1,7 @@
 /* test_kvcache.c -- the KV state cache stays within its byte budget, evicts
- * the least recently used users first, forgets revoked partitions, and a
- * miss rebuilt by one prefill gives back the state that was lost. */
+ * the least recently used users first, charges each state the bytes it
+ * takes as it grows, forgets revoked partitions, and a miss rebuilt by one
+ * prefill gives back the state that was lost. */
 #include "testutil.h"
 
 #include <math.h>
@@ -18,9 +19,25 @@ static model *m;
 /* d=16, L=2, H=2, W=12. */
 static const model_config TINY = {16, 2, 2, 12, 64, 50, 8, 6};
 
-static model_kv *fresh_kv(void) {
-    model_kv *kv = model_kv_new(m);
+static model_runstate *rs1;
+
+/* A state of mod holding n positions (of arbitrary events). */
+static model_kv *kv_holding(const model *mod, model_runstate *rs, int n) {
+    model_kv *kv = model_kv_new(mod);
     assert_non_null(kv);
+    model_token toks[64];
+    assert_true(n <= 64);
+    for (int i = 0; i < n; i++)
+        toks[i] = (model_token){.item = (int32_t)(i * 11 % 50), .type = i % 6};
+    char err[256];
+    if (n) assert_int_equal(model_prefill(mod, rs, kv, toks, n, NULL, err, sizeof err), 0);
+    return kv;
+}
+
+/* A state holding the whole window: model_kv_bytes() bytes. */
+static model_kv *fresh_kv(void) {
+    model_kv *kv = kv_holding(m, rs1, TINY.window);
+    assert_int_equal(kv->bytes, model_kv_bytes(&TINY));
     return kv;
 }
 
@@ -106,6 +123,49 @@ static void test_a_state_lent_by_get_can_be_put_back(void **unused) {
     kvcache_free(c);
 }
 
+/* States are sized to the positions they hold, and the cache charges what
+ * they take: a state that grew while out of the cache is charged its new
+ * size when put back, and the budget evicts for it. */
+static void test_budget_charges_each_state_its_real_size(void **unused) {
+    const model_config G = {16, 2, 2, 40, 64, 50, 8, 6}; /* capacities 16, 32, 48 */
+    char path[80], err[256];
+    snprintf(path, sizeof path, "%s.grow", model_path);
+    assert_int_equal(model_write_random(path, &G, 5, err, sizeof err), 0);
+    model *g = model_open(path, err, sizeof err);
+    assert_non_null(g);
+    model_runstate *rs = model_runstate_new(g, 1);
+    model_kv *a = kv_holding(g, rs, 3), *b = kv_holding(g, rs, 40);
+    /* 64-byte header, then keys and values of 2 layers x capacity x 16 dims, 2 bytes each */
+    assert_int_equal(a->bytes, 64 + 2 * 2 * 16 * 16 * 2);
+    assert_int_equal(b->bytes, 64 + 2 * 2 * 48 * 16 * 2);
+    assert_int_equal(a->bytes, model_kv_bytes_at(&G, 3));
+    assert_int_equal(b->bytes, model_kv_bytes(&G));
+    size_t ea = kvcache_entry_bytes(a, "a"), eb = kvcache_entry_bytes(b, "b");
+    kvcache *c = kvcache_new(ea + eb + 100);
+    kvcache_put(c, "a", a, 0);
+    kvcache_put(c, "b", b, 0);
+    assert_int_equal(kvcache_count(c), 2);
+    assert_int_equal(kvcache_bytes(c), ea + eb);
+
+    model_kv *grown = kvcache_take(c, "a");
+    model_token t = {.item = 1, .type = 0};
+    float h[16];
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(model_step(g, rs, &grown, &t, 1, h, err, sizeof err), 0);
+    assert_int_equal(grown->n, 23);
+    assert_int_equal(grown->bytes, model_kv_bytes_at(&G, 23));
+    assert_int_equal(grown->bytes, 64 + 2 * 2 * 32 * 16 * 2);
+    kvcache_get(c, "b");                          /* b the most recent: still evicted, */
+    assert_int_equal(kvcache_put(c, "a", grown, 0), 0);
+    assert_null(kvcache_get(c, "b"));             /* as a and b no longer fit together */
+    assert_int_equal(kvcache_count(c), 1);
+    assert_int_equal(kvcache_bytes(c), kvcache_entry_bytes(grown, "a"));
+    kvcache_free(c);
+    model_runstate_free(rs);
+    model_close(g);
+    unlink(path);
+}
+
 static void test_zero_budget_holds_nothing(void **unused) {
     kvcache *c = kvcache_new(0);
     assert_int_equal(kvcache_put(c, "x", fresh_kv(), 0), 0);
@@ -119,6 +179,19 @@ static void assert_close(const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (!(fabsf(a[i] - b[i]) <= 1e-4f * fmaxf(1.0f, fabsf(b[i]))))
             fail_msg("element %zu: %.9g vs %.9g", i, a[i], b[i]);
+}
+
+/* The same for binary16 keys and values, which may also be neighbours: a
+ * prefill's sgemm and a step's matvec round in different orders, and two
+ * floats either side of a midpoint round to neighbouring binary16 values. */
+static void assert_half_close(const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        int e;
+        frexpf(b[i], &e); /* |b| in [2^(e-1), 2^e) */
+        float ulp = ldexpf(1.0f, (b[i] != 0 && e - 1 > -14 ? e - 1 : -14) - 10);
+        if (!(fabsf(a[i] - b[i]) <= 1e-4f * fmaxf(1.0f, fabsf(b[i])) + ulp))
+            fail_msg("element %zu: %.9g vs %.9g", i, a[i], b[i]);
+    }
 }
 
 /* A user's state is evicted; the miss is repaired as the service would, by
@@ -158,20 +231,21 @@ static void test_a_miss_rebuilt_by_prefill_gives_the_lost_state(void **unused) {
 
     int keep = model_window_positions(m, EVENTS);
     assert_int_equal(keep, ref->n);
-    model_kv *rebuilt = fresh_kv();
+    model_kv *rebuilt = model_kv_new(m);
     assert_int_equal(model_prefill(m, rs, rebuilt, toks + EVENTS - keep, keep, NULL, err,
                                    sizeof err), 0);
     kvcache_put(kc, "victim", rebuilt, 4);
     model_kv *back = kvcache_take(kc, "victim");
     assert_ptr_equal(back, rebuilt);
     assert_int_equal(back->n, ref->n);
-    for (int l = 0; l < c->n_layers; l++) {
-        for (int j = 0; j < c->dim; j++) /* keys: (L, dim, W) */
-            assert_close(back->key + ((size_t)l * c->dim + j) * c->window,
-                         ref->key + ((size_t)l * c->dim + j) * c->window, (size_t)ref->n);
-        assert_close(back->value + (size_t)l * c->window * c->dim,
-                     ref->value + (size_t)l * c->window * c->dim, (size_t)ref->n * c->dim);
-    }
+    float kb[16], vb[16], kr[16], vr[16];
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < ref->n; p++) {
+            assert_int_equal(model_kv_position(back, l, p, kb, vb), 0);
+            assert_int_equal(model_kv_position(ref, l, p, kr, vr), 0);
+            assert_half_close(kb, kr, (size_t)c->dim);
+            assert_half_close(vb, vr, (size_t)c->dim);
+        }
 
     assert_int_equal(model_step(m, rs, &ref, &toks[EVENTS], 1, h_ref, err, sizeof err), 0);
     assert_int_equal(model_step(m, rs, &back, &toks[EVENTS], 1, h, err, sizeof err), 0);
@@ -186,7 +260,7 @@ static int setup(void **unused) {
     char err[256];
     snprintf(model_path, sizeof model_path, "/tmp/copystream-test-kvcache.%d", (int)getpid());
     if (model_write_random(model_path, &TINY, 21, err, sizeof err) < 0 ||
-        !(m = model_open(model_path, err, sizeof err))) {
+        !(m = model_open(model_path, err, sizeof err)) || !(rs1 = model_runstate_new(m, 1))) {
         fprintf(stderr, "%s\n", err);
         return -1;
     }
@@ -194,6 +268,7 @@ static int setup(void **unused) {
 }
 
 static int teardown(void **unused) {
+    model_runstate_free(rs1);
     model_close(m);
     unlink(model_path);
     return 0;
@@ -205,6 +280,7 @@ int main(void) {
         cmocka_unit_test(test_least_recently_used_is_evicted_first),
         cmocka_unit_test(test_revoked_partition_users_are_dropped),
         cmocka_unit_test(test_a_state_lent_by_get_can_be_put_back),
+        cmocka_unit_test(test_budget_charges_each_state_its_real_size),
         cmocka_unit_test(test_zero_budget_holds_nothing),
         cmocka_unit_test(test_a_miss_rebuilt_by_prefill_gives_the_lost_state),
     };

@@ -61,18 +61,34 @@ static model *open_random(const model_config *c, uint64_t seed) {
     return m;
 }
 
+/* a and b, binary16 values, agree within tol as assert_close() has it, or
+ * are neighbours: two computations of a key that differ by float rounding
+ * (sgemm against matvec, another order of sums) round to neighbouring
+ * binary16 values when they straddle the midpoint between them. */
+static void assert_half_close(const float *a, const float *b, size_t n, float tol) {
+    for (size_t i = 0; i < n; i++) {
+        int e;
+        frexpf(b[i], &e); /* |b| in [2^(e-1), 2^e) */
+        float ulp = ldexpf(1.0f, (b[i] != 0 && e - 1 > -14 ? e - 1 : -14) - 10);
+        float lim = tol * (fabsf(b[i]) > 1.0f ? fabsf(b[i]) : 1.0f) + ulp;
+        if (!(fabsf(a[i] - b[i]) <= lim))
+            fail_msg("element %zu: %.9g vs %.9g (tolerance %.3g)", i, a[i], b[i], lim);
+    }
+}
+
 /* The positions two KV states hold agree. */
 static void assert_kv_close(const model *m, const model_kv *a, const model_kv *b) {
     const model_config *c = model_get_config(m);
     assert_int_equal(a->n, b->n);
-    int d = c->dim, W = c->window;
-    for (int l = 0; l < c->n_layers; l++) {
-        for (int j = 0; j < d; j++) /* keys: (L, H, head_dim, W) is (L, dim, W) */
-            assert_close(a->key + ((size_t)l * d + j) * W, b->key + ((size_t)l * d + j) * W, a->n,
-                         TOL);
-        assert_close(a->value + (size_t)l * W * d, b->value + (size_t)l * W * d,
-                     (size_t)a->n * d, TOL);
-    }
+    float ka[1024], va[1024], kb[1024], vb[1024];
+    assert_true(c->dim <= 1024);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int p = 0; p < a->n; p++) {
+            assert_int_equal(model_kv_position(a, l, p, ka, va), 0);
+            assert_int_equal(model_kv_position(b, l, p, kb, vb), 0);
+            assert_half_close(ka, kb, (size_t)c->dim, TOL);
+            assert_half_close(va, vb, (size_t)c->dim, TOL);
+        }
 }
 
 static void test_matmul_equals_naive_on_random_shapes(void **unused) {
@@ -162,6 +178,8 @@ static void reference_forward(const model *m, const model_token *t, int n, doubl
                         v[0] = a * cos(angle) - b * sin(angle);
                         v[1] = a * sin(angle) + b * cos(angle);
                     }
+            for (int i = d; i < 3 * d; i++)             /* keys and values to binary16 */
+                qkv[p][i] = (double)(_Float16)qkv[p][i];
         }
         for (int p = 0; p < n; p++) {
             for (int hh = 0; hh < H; hh++) {
@@ -344,6 +362,139 @@ static void test_prefill_equals_stepping_one_by_one(void **unused) {
     model_kv_free(stepped);
     model_kv_free(whole);
     model_kv_free(chunks);
+    model_runstate_free(rs);
+    model_close(m);
+}
+
+/* The portable binary16 conversions against the compiler's _Float16, which
+ * rounds to nearest, ties to even: every half widened, and floats of every
+ * kind narrowed -- random bit patterns, the midpoints between neighbouring
+ * halves (ties), subnormal halves, and beyond the largest half, which the
+ * engine clamps to +-65504 rather than letting it become infinite. */
+static void test_half_conversions_round_to_nearest_even_like_the_compiler(void **unused) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        _Float16 want;
+        uint16_t bits = (uint16_t)h;
+        memcpy(&want, &bits, sizeof want);
+        float got = model_half_to_float(bits);
+        if (isnan((float)want)) assert_true(isnan(got));
+        else assert_true(got == (float)want);
+    }
+    uint64_t seed = 12345;
+    for (int i = 0; i < 2000000; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        uint32_t u = (uint32_t)(seed >> 32);
+        float x;
+        switch (i % 4) {
+        case 0: memcpy(&x, &u, sizeof x); break;                       /* any float */
+        case 1: x = ldexpf((float)(u >> 8), -48); break;                /* near 0..1 */
+        case 2: {                                                      /* a tie */
+            uint16_t a = (uint16_t)(u & 0x7bff);
+            x = (model_half_to_float(a) + model_half_to_float((uint16_t)(a + 1))) / 2;
+            if (u & 0x80000000u) x = -x;
+            break;
+        }
+        default: x = ldexpf((float)(u >> 8), -48) * 1e-4f; break;     /* subnormal halves */
+        }
+        if (isnan(x)) continue;
+        float clamped = x > 65504.0f ? 65504.0f : x < -65504.0f ? -65504.0f : x;
+        _Float16 want = (_Float16)clamped;
+        uint16_t want_bits;
+        memcpy(&want_bits, &want, sizeof want_bits);
+        uint16_t got = model_half_from_float(x);
+        if (got != want_bits) fail_msg("%.9g: %04x, want %04x", x, got, want_bits);
+    }
+    assert_int_equal(model_half_from_float(1e30f), 0x7bff);     /* 65504, not infinity */
+    assert_int_equal(model_half_from_float(-1e30f), 0xfbff);
+    assert_int_equal(model_half_from_float(1.0f), 0x3c00);
+    assert_int_equal(model_half_from_float(1.0f + 0x1p-11f), 0x3c00); /* a tie, to even */
+    assert_int_equal(model_half_from_float(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01);
+}
+
+/* The portable kernels, which a CPU without F16C runs, and the vector ones
+ * (AVX-512 or AVX2 here; AVX2 under valgrind) agree with the full recompute
+ * and with each other at every position, for head sizes each kernel takes. */
+static void test_portable_kernels_give_the_states_of_the_vector_ones(void **unused) {
+    static const model_config shapes[] = {
+        {64, 2, 2, 40, 256, 300, 40, 6}, /* head 32 */
+        {48, 1, 2, 40, 192, 300, 40, 6}, /* head 24 */
+        {16, 1, 2, 40, 64, 300, 40, 6},  /* head 8 */
+        {20, 1, 2, 40, 64, 300, 40, 6},  /* head 10: the portable kernels only */
+    };
+    for (size_t s = 0; s < UTIL_ARRAY_LEN(shapes); s++) {
+        const model_config *c = &shapes[s];
+        model *m = open_random(c, 60 + s);
+        model_runstate *rs = model_runstate_new(m, 1);
+        model_kv *vec = model_kv_new(m), *port = model_kv_new(m);
+        model_token toks[40];
+        random_tokens(c, toks, c->window);
+        float hv[64], hp[64], full[64];
+        char err[256];
+        for (int t = 0; t < c->window; t++) {
+            model_use_portable_kernels(0);
+            assert_int_equal(model_step(m, rs, &vec, &toks[t], 1, hv, err, sizeof err), 0);
+            model_use_portable_kernels(1);
+            assert_int_equal(model_step(m, rs, &port, &toks[t], 1, hp, err, sizeof err), 0);
+            assert_int_equal(model_forward_full(m, rs, toks, t + 1, full, err, sizeof err), 0);
+            assert_close(hp, full, c->dim, TOL);
+            assert_close(hp, hv, c->dim, TOL);
+        }
+        model_use_portable_kernels(0);
+        assert_kv_close(m, port, vec);
+        model_kv_free(vec);
+        model_kv_free(port);
+        model_runstate_free(rs);
+        model_close(m);
+    }
+}
+
+/* A state takes room for the positions it has held, doubling from 16 up to
+ * the window, and says so in kv->bytes, which is what the cache charges; a
+ * reset keeps the room. Its positions read back as the keys and values the
+ * full recompute rounds to binary16. */
+static void test_state_grows_with_its_positions_and_reads_back(void **unused) {
+    model *m = open_random(&SMALL, 8); /* W = 50: room for 16, 32, then 64 */
+    const model_config *c = model_get_config(m);
+    model_runstate *rs = model_runstate_new(m, 1);
+    model_kv *kv = model_kv_new(m);
+    model_token toks[50];
+    random_tokens(&SMALL, toks, 50);
+    char err[256];
+    float h[64], key[64], value[64];
+    assert_int_equal(kv->bytes, 64);
+    assert_int_equal(model_kv_bytes_at(c, 0), 64);
+    for (int t = 0; t < 50; t++) {
+        assert_int_equal(model_step(m, rs, &kv, &toks[t], 1, h, err, sizeof err), 0);
+        int cap = t < 16 ? 16 : t < 32 ? 32 : 64;
+        assert_int_equal(kv->bytes, 64 + 2 * 2 * cap * 64 * 2);
+        assert_int_equal(kv->bytes, model_kv_bytes_at(c, t + 1));
+    }
+    assert_int_equal(kv->bytes, model_kv_bytes(c));
+    assert_int_equal(model_kv_bytes(c), 64 + 2 * 2 * 64 * 64 * 2);
+    /* Every stored number is a binary16 value, exactly. */
+    for (int l = 0; l < 2; l++)
+        for (int p = 0; p < 50; p++) {
+            assert_int_equal(model_kv_position(kv, l, p, key, value), 0);
+            for (int i = 0; i < 64; i++) {
+                assert_true(model_half_to_float(model_half_from_float(key[i])) == key[i]);
+                assert_true(model_half_to_float(model_half_from_float(value[i])) == value[i]);
+            }
+        }
+    assert_int_equal(model_kv_position(kv, 2, 0, key, value), -1);
+    assert_int_equal(model_kv_position(kv, 0, 50, key, value), -1);
+    size_t bytes = kv->bytes;
+    assert_int_equal(model_kv_reset(m, kv), 0);
+    assert_int_equal(kv->n, 0);
+    assert_int_equal(kv->bytes, bytes);
+    assert_int_equal(model_kv_position(kv, 0, 0, key, value), -1);
+    /* A prefill takes the room its positions need at once. */
+    model_kv *pre = model_kv_new(m);
+    assert_int_equal(model_prefill(m, rs, pre, toks, 20, NULL, err, sizeof err), 0);
+    assert_int_equal(pre->bytes, model_kv_bytes_at(c, 20));
+    assert_int_equal(pre->bytes, 64 + 2 * 2 * 32 * 64 * 2);
+    model_kv_free(pre);
+    model_kv_free(kv);
+    model_kv_free(NULL);
     model_runstate_free(rs);
     model_close(m);
 }
@@ -726,6 +877,9 @@ int main(void) {
         cmocka_unit_test(test_step_equals_full_recompute_for_every_head_size_and_length),
         cmocka_unit_test(test_batched_step_equals_each_user_stepped_alone),
         cmocka_unit_test(test_prefill_equals_stepping_one_by_one),
+        cmocka_unit_test(test_half_conversions_round_to_nearest_even_like_the_compiler),
+        cmocka_unit_test(test_portable_kernels_give_the_states_of_the_vector_ones),
+        cmocka_unit_test(test_state_grows_with_its_positions_and_reads_back),
         cmocka_unit_test(test_window_positions_follow_the_rebuild_policy),
         cmocka_unit_test(test_beyond_the_window_state_equals_full_recompute_since_rebuild),
         cmocka_unit_test(test_step_refuses_what_it_cannot_do_and_changes_nothing),
