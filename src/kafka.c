@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -210,6 +211,30 @@ int kafka_produce(rd_kafka_t *p, const char *topic, const void *key, size_t key_
 static const char *kafka_topic_keys[] = {"topic.clickstream", "topic.reactions", "topic.copy",
                                          "topic.dead_letter", "topic.catalog"};
 
+/* Waits until every partition of topic has a leader in rk's metadata.
+ * Returns 0, or -1 with errstr after timeout_ms. */
+static int kafka_await_leaders(rd_kafka_t *rk, const char *topic, int timeout_ms, char *errstr,
+                               size_t errlen) {
+    int64_t deadline = util_monotonic_us() + (int64_t)timeout_ms * 1000;
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    int ready = 0;
+    while (!ready && util_monotonic_us() < deadline) {
+        const struct rd_kafka_metadata *md = NULL;
+        if (!rd_kafka_metadata(rk, 0, t, &md, 5000) && md->topic_cnt == 1 &&
+            !md->topics[0].err && md->topics[0].partition_cnt > 0) {
+            ready = 1;
+            for (int p = 0; p < md->topics[0].partition_cnt; p++)
+                if (md->topics[0].partitions[p].err || md->topics[0].partitions[p].leader < 0)
+                    ready = 0;
+        }
+        if (md) rd_kafka_metadata_destroy(md);
+        if (!ready) usleep(100 * 1000);
+    }
+    rd_kafka_topic_destroy(t);
+    return ready ? 0 : util_err(errstr, errlen, "topic %s: partitions without a leader after %d s",
+                                topic, timeout_ms / 1000);
+}
+
 int kafka_create_topics(const config *c, char *errstr, size_t errlen) {
     int rc = -1;
     kafka_delivery dr = {0};
@@ -266,6 +291,12 @@ int kafka_create_topics(const config *c, char *errstr, size_t errlen) {
             log_info("kafka", "created topic %s", name);
         }
     }
+    /* A created topic reaches the brokers' metadata a moment after the
+     * controller answers; a producer started in that moment has its messages
+     * failed with "unknown topic or partition". Return once it is there. */
+    for (size_t i = 0; i < n; i++)
+        if (kafka_await_leaders(rk, config_str(c, kafka_topic_keys[i]), 30000, errstr, errlen) < 0)
+            goto err;
     rc = 0;
 err:
     if (ev) rd_kafka_event_destroy(ev);
