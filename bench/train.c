@@ -32,14 +32,7 @@
 #include "train.h"
 #include "util.h"
 
-static uint64_t mix(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-static double unit(uint64_t *s) { return (double)(mix((*s)++) >> 11) / 9007199254740992.0; }
+static double unit(uint64_t *s) { return (double)(util_mix64((*s)++) >> 11) / 9007199254740992.0; }
 
 static dataset *beauty_shaped(void) {
     const int users = 22363, items = 12101, attrs = 637;
@@ -153,7 +146,7 @@ int main(int argc, char **argv) {
         uint64_t positions = 0;
         int64_t t0 = util_monotonic_us();
         for (int s = 0; s < steps; s++) {
-            for (int i = 0; i < p.batch; i++) users[i] = (int32_t)(mix(next++) % (uint64_t)ds->n_users);
+            for (int i = 0; i < p.batch; i++) users[i] = (int32_t)(util_mix64(next++) % (uint64_t)ds->n_users);
             int rows;
             trainer_step(t, users, p.batch, &rows);
             positions += (uint64_t)rows;

@@ -31,6 +31,23 @@ int util_parse_time(const char *s, int64_t *ms);
  * would not fit in cap is cut. */
 void util_redact(char *s, size_t cap, const char *secret);
 
+/* splitmix64's output for the state x: a well-mixed 64-bit value, the same
+ * on every machine. Draw i of a counter-based stream keyed k is
+ * util_mix64(k + i), whatever order draws are made in. */
+static inline uint64_t util_mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* splitmix64 as a generator: the next value from the state *s. */
+static inline uint64_t util_splitmix64(uint64_t *s) {
+    uint64_t z = util_mix64(*s);
+    *s += 0x9e3779b97f4a7c15ull;
+    return z;
+}
+
 /* strdup that treats NULL as NULL. */
 char *util_strdup(const char *s);
 

@@ -93,15 +93,9 @@ double bandit_exp(double x) {
 
 /* ---- the PRNG and the samplers --------------------------------------------- */
 
-static uint64_t bandit_splitmix(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 void bandit_rng_seed(bandit_rng *r, uint64_t seed) {
-    for (int i = 0; i < 4; i++) r->s[i] = bandit_splitmix(&seed);
+    for (int i = 0; i < 4; i++) r->s[i] = util_splitmix64(&seed);
 }
 
 static uint64_t bandit_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -552,7 +546,7 @@ void bandit_free(bandit *b) {
 int bandit_in_holdout(const bandit *b, const char *user_id) {
     if (!b->holdout_per_10000) return 0;
     uint64_t x = util_hash(user_id) ^ 0x686f6c646f7574ULL; /* "holdout" */
-    return bandit_splitmix(&x) % 10000 < b->holdout_per_10000;
+    return util_splitmix64(&x) % 10000 < b->holdout_per_10000;
 }
 
 static const bandit_group *bandit_group_of(const bandit *b, const char *intent,

@@ -403,26 +403,6 @@ static int ds_read_ranges(rd_kafka_t *rk, const char *topic, int n_parts, const 
     return rc;
 }
 
-/* The offsets of every partition where records with timestamps at or after
- * ms start (the end of the partition when there are none), in out[n_parts]. */
-static int ds_offsets_for(rd_kafka_t *rk, const char *topic, int n_parts, int64_t ms,
-                          int64_t *out, char *errstr, size_t errlen) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n_parts);
-    for (int p = 0; p < n_parts; p++) rd_kafka_topic_partition_list_add(l, topic, p)->offset = ms;
-    rd_kafka_resp_err_t e = rd_kafka_offsets_for_times(rk, l, 30000);
-    for (int p = 0; !e && p < n_parts; p++) {
-        rd_kafka_topic_partition_t *tp = &l->elems[p];
-        int64_t low, high;
-        if (tp->err) e = tp->err;
-        else if (tp->offset >= 0) out[p] = tp->offset;
-        else if (!(e = rd_kafka_query_watermark_offsets(rk, topic, p, &low, &high, 30000)))
-            out[p] = high;
-    }
-    rd_kafka_topic_partition_list_destroy(l);
-    if (e) return util_err(errstr, errlen, "%s: cannot look up offsets: %s", topic, rd_kafka_err2str(e));
-    return 0;
-}
-
 typedef struct {
     dataset_builder *b;
     codec *k;
@@ -495,7 +475,7 @@ dataset *dataset_read_topic(const config *cfg, const char *topic, int64_t from_m
     ds_topic_ctx c = {.from_ms = from_ms, .to_ms = to_ms, .err = errstr, .errlen = errlen};
     dataset *d = NULL;
     rd_kafka_t *rk = NULL;
-    int64_t *lo = NULL, *hi = NULL;
+    int64_t *lo = NULL, *hi = NULL, *end = NULL;
     const char *catalog = config_str(cfg, "topic.catalog");
     if (!(c.b = dataset_builder_new()) || !(c.seen = dict_new())) {
         util_err(errstr, errlen, "out of memory");
@@ -510,17 +490,24 @@ dataset *dataset_read_topic(const config *cfg, const char *topic, int64_t from_m
         if (n < 0) goto err;
         free(lo);
         free(hi);
+        free(end);
         lo = calloc((size_t)n, sizeof *lo);
         hi = calloc((size_t)n, sizeof *hi);
-        if (!lo || !hi) {
+        end = calloc((size_t)n, sizeof *end);
+        if (!lo || !hi || !end) {
             util_err(errstr, errlen, "out of memory");
             goto err;
         }
-        /* the catalog whole (its latest value per item), the clickstream by time */
-        if (ds_offsets_for(rk, t, n, pass == 0 ? from_ms : 0, lo, errstr, errlen) < 0 ||
-            ds_offsets_for(rk, t, n, pass == 0 && to_ms < INT64_MAX ? to_ms : INT64_MAX - 1, hi,
-                           errstr, errlen) < 0 ||
-            ds_read_ranges(rk, t, n, lo, hi, pass == 0 ? ds_take_click : ds_take_item, &c, errstr,
+        /* the catalog whole (its latest value per item), the clickstream by
+         * time, both only as far as they reached when we looked */
+        if (kafka_watermarks(rk, t, n, lo, end, 30000, errstr, errlen) < 0) goto err;
+        memcpy(hi, end, (size_t)n * sizeof *hi);
+        if (pass == 0 &&
+            (kafka_offsets_for_time(rk, t, n, from_ms, end, lo, 30000, errstr, errlen) < 0 ||
+             (to_ms < INT64_MAX &&
+              kafka_offsets_for_time(rk, t, n, to_ms, end, hi, 30000, errstr, errlen) < 0)))
+            goto err;
+        if (ds_read_ranges(rk, t, n, lo, hi, pass == 0 ? ds_take_click : ds_take_item, &c, errstr,
                            errlen) < 0)
             goto err;
     }
@@ -549,5 +536,6 @@ err:
     free(c.attr_ids);
     free(lo);
     free(hi);
+    free(end);
     return d;
 }

@@ -40,13 +40,6 @@ static int eval_skip(void *ctx, int32_t row) {
     return c->stamp[row] == c->user + 1;
 }
 
-static uint64_t eval_mix(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 static void eval_usage(FILE *f) {
     fprintf(f,
             "usage: copystream eval --model MODEL --sequences FILE [--split test|valid]\n"
@@ -173,9 +166,9 @@ int eval_main(int argc, char **argv) {
             } else {
                 for (int j = 0; j < V; j++) rank += sc[j] > ts && stamp[j] != u + 1;
                 /* 100 negatives, uniform over the items outside the history */
-                uint64_t key = eval_mix(seed ^ eval_mix((uint64_t)u));
+                uint64_t key = util_mix64(seed ^ util_mix64((uint64_t)u));
                 for (int drawn = 0, i = 0; drawn < 100 && i < 100000; i++) {
-                    int32_t j = (int32_t)(eval_mix(key + (uint64_t)i) % (uint64_t)V);
+                    int32_t j = (int32_t)(util_mix64(key + (uint64_t)i) % (uint64_t)V);
                     if (j == target || stamp[j] == u + 1) continue;
                     srank += sc[j] > ts;
                     drawn++;

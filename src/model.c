@@ -1746,17 +1746,10 @@ err:
     return rc;
 }
 
-/* splitmix64: a fixed, portable sequence from a seed. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 /* Uniform in [-a, a), from 24 random bits: exact in float everywhere. */
 static float rng_uniform(uint64_t *s, float a) {
-    return a * ((float)(rng_next(s) >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    return a * ((float)(util_splitmix64(s) >> 40) * (2.0f / 16777216.0f) - 1.0f);
 }
 
 void model_fill_random(const model_config *c, uint64_t seed, float *weights) {
@@ -1803,9 +1796,9 @@ int model_write_random(const char *path, const model_config *c, uint64_t seed, c
             item_ids[i] = NULL;
             goto oom;
         }
-        uint32_t k = n_attrs ? (uint32_t)(rng_next(&s) % 4) : 0, first = 0;
+        uint32_t k = n_attrs ? (uint32_t)(util_splitmix64(&s) % 4) : 0, first = 0;
         if (k > n_attrs) k = (uint32_t)n_attrs;
-        if (n_attrs) first = (uint32_t)(rng_next(&s) % n_attrs);
+        if (n_attrs) first = (uint32_t)(util_splitmix64(&s) % n_attrs);
         for (uint32_t j = 0; j < k; j++) rows[off[i] + j] = (first + j) % (uint32_t)n_attrs;
         off[i + 1] = off[i] + k;
     }

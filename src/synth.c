@@ -237,15 +237,9 @@ static char synth_cny[] = "CNY", synth_zh_cn[] = "zh-CN", synth_en_us[] = "en-US
  * Random numbers: xoshiro256**, seeded through splitmix64.
  * ------------------------------------------------------------------------ */
 
-static uint64_t synth_splitmix(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 static void synth_seed(uint64_t rng[4], uint64_t seed) {
-    for (int i = 0; i < 4; i++) rng[i] = synth_splitmix(&seed);
+    for (int i = 0; i < 4; i++) rng[i] = util_splitmix64(&seed);
 }
 
 static inline uint64_t synth_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }

@@ -66,23 +66,16 @@ void train_metrics_finish(train_metrics *m) {
 /* ---------------------------------------------------------------------------
  * counter-based randomness */
 
-static uint64_t tr_mix(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-/* The stream of draws for (seed, what, n): draw i is tr_mix(key + i). */
+/* The stream of draws for (seed, what, n): draw i is util_mix64(key + i). */
 static uint64_t tr_key(uint64_t seed, uint64_t what, uint64_t n) {
-    return tr_mix(seed ^ tr_mix(what ^ tr_mix(n)));
+    return util_mix64(seed ^ util_mix64(what ^ util_mix64(n)));
 }
 
 static double tr_uniform(uint64_t bits) { return (double)(bits >> 11) * (1.0 / 9007199254740992.0); }
 
 /* A standard normal from draws 2i and 2i+1 of key (Box-Muller). */
 static double tr_normal(uint64_t key, uint64_t i) {
-    double u1 = tr_uniform(tr_mix(key + 2 * i)), u2 = tr_uniform(tr_mix(key + 2 * i + 1));
+    double u1 = tr_uniform(util_mix64(key + 2 * i)), u2 = tr_uniform(util_mix64(key + 2 * i + 1));
     return sqrt(-2.0 * log(u1 + 1e-300)) * cos(6.283185307179586 * u2);
 }
 
@@ -586,7 +579,7 @@ static void dropout_apply(const trainer *t, const tr_worker *wk, float *x, size_
                    (uint64_t)wk->row_base * (uint64_t)t->c.dim;
     uint32_t cut = (uint32_t)(t->p.dropout * 4294967296.0);
     float keep = 1.0f / (1.0f - t->p.dropout);
-    for (size_t i = 0; i < N; i++) x[i] = (uint32_t)(tr_mix(key + i) >> 32) < cut ? 0.0f : x[i] * keep;
+    for (size_t i = 0; i < N; i++) x[i] = (uint32_t)(util_mix64(key + i) >> 32) < cut ? 0.0f : x[i] * keep;
 }
 
 /* out (d) = the input vector of an event: item + attribute mean + type. */
@@ -689,7 +682,7 @@ static void tr_draw_negatives(trainer *t) {
     int K = t->p.negatives, n = t->c.n_items, d = t->c.dim;
     uint64_t key = tr_key(t->p.seed, TR_DRAW_NEGATIVES, t->step);
     for (int k = 0; k < K; k++) {
-        double u = tr_uniform(tr_mix(key + (uint64_t)k));
+        double u = tr_uniform(util_mix64(key + (uint64_t)k));
         int lo = 0, hi = n - 1;
         while (lo < hi) {
             int mid = (lo + hi) / 2;
@@ -943,7 +936,7 @@ double trainer_epoch(trainer *t, int epoch, train_progress_fn progress, void *ct
     /* Fisher-Yates from the epoch's stream of draws */
     uint64_t key = tr_key(t->p.seed, TR_DRAW_ORDER, (uint64_t)epoch);
     for (int i = n - 1; i > 0; i--) {
-        int j = (int)(tr_mix(key + (uint64_t)i) % (uint64_t)(i + 1));
+        int j = (int)(util_mix64(key + (uint64_t)i) % (uint64_t)(i + 1));
         int32_t x = t->order[i];
         t->order[i] = t->order[j];
         t->order[j] = x;
