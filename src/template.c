@@ -309,7 +309,9 @@ templates *templates_load(const char *path, const char *const *locales, size_t n
                  "indented line", path, ld.long_line, ld.max_line);
         goto err;
     }
-    qsort(ld.t->v, ld.t->n, sizeof *ld.t->v, tmpl_by_id);
+    /* A file of comments has no templates and v is NULL, which qsort must
+     * not be given even with a count of 0 (found by tests/fuzz). */
+    if (ld.t->n) qsort(ld.t->v, ld.t->n, sizeof *ld.t->v, tmpl_by_id);
     for (size_t i = 0; i < n_locales; i++) {
         if (!tmpl_find(ld.t, "recommendation", locales[i], 0)) {
             util_err(errstr, errlen, "%s: no [recommendation.%s.<variant>] template for "

@@ -303,6 +303,27 @@ static void test_load_errors_name_file_and_line(void **state) {
                             "indented line");
 }
 
+/* Found by tests/fuzz (fuzz_template): a file without a single template
+ * handed qsort a NULL array, undefined behaviour even for 0 elements (UBSan
+ * stops `make asan` here). Such a file loads when no locale is required, and
+ * every render of it fails with a reason. */
+static void test_file_without_templates_loads_empty_without_undefined_behaviour(void **state) {
+    (void)state;
+    static const char *const files[] = {"", "# only a comment\n; and another\n"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char err[256] = "";
+        templates *t = load_text(files[i], NULL, 0, err, sizeof err);
+        assert_non_null(t);
+        buf out = BUF_INIT;
+        template_input in = {0};
+        assert_int_equal(templates_render(t, "recommendation", "en-US", 0, &in, &out, NULL, NULL,
+                                          err, sizeof err), -1);
+        assert_string_equal(err, "no recommendation template for locale en-US");
+        assert_int_equal(out.len, 0);
+        templates_free(t);
+    }
+}
+
 static void test_missing_file_is_a_load_error(void **state) {
     (void)state;
     char err[256] = "";
@@ -365,6 +386,7 @@ int main(void) {
         cmocka_unit_test(test_unknown_intent_or_locale_fails_to_render),
         cmocka_unit_test(test_indented_lines_continue_a_text),
         cmocka_unit_test(test_load_errors_name_file_and_line),
+        cmocka_unit_test(test_file_without_templates_loads_empty_without_undefined_behaviour),
         cmocka_unit_test(test_missing_file_is_a_load_error),
         cmocka_unit_test(test_shipped_templates_render_exact_copy_in_both_locales),
     };
