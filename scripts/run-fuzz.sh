@@ -50,9 +50,11 @@ for bin in "${bins[@]}"; do
         echo "PASS  fuzz_$name  (${runs:-?} inputs in ${seconds}s, ${cov:-cov: ?}, $(ls "$scratch/$name" | wc -l) new)"
     else
         failed=$((failed + 1))
-        tail -n 60 "$log"
+        # The report from its first line (the stack of the finding), else the log's end.
+        report=$(sed -n '/ERROR: \|runtime error\|property broken\|deadly signal/,$p' "$log")
+        if [[ -n $report ]]; then head -n 80 <<<"$report"; else tail -n 40 "$log"; fi
         saved=$(grep -o "Test unit written to .*" "$log" | sed 's/Test unit written to //' || true)
-        echo "FAIL  fuzz_$name  (exit $rc; input saved as ${saved:-?}; reproduce: $bin ${saved:-<input>})"
+        echo "FAIL  fuzz_$name  (exit $rc; input saved as ${saved:-?}; reproduce from $ROOT: $bin ${saved:-<input>})"
     fi
 done
 ((failed == 0))

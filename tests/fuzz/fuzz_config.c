@@ -6,15 +6,17 @@
  * An input is the INI file, optionally followed by a line "#env" (a comment to
  * the parser) and NUL-separated NAME=value strings, to each of which
  * "COPYSTREAM_" is prepended: variables without that prefix are ignored by
- * config.c, so the fuzzer need not find it. The last variable, if any, is
- * also given to config_set() as key=value once the config has loaded.
+ * config.c, so the fuzzer need not find it. After the variables may come a
+ * line "#set" and NUL-separated key, value, key, value... given to
+ * config_set() once the config has loaded, as subcommand flags are.
  *
  * Properties, beyond "no crash, leak or undefined behaviour":
  *   - a failed load says why;
  *   - a loaded config holds values its typed getters accept, inside the
  *     bounds config/copystream.conf documents for the keys checked here, and
  *     copy.default_locale is one of copy.locales;
- *   - a refused config_set leaves every value as it was. */
+ *   - a refused config_set leaves the config as it was (checked on the one
+ *     rule between keys: copy.default_locale is one of copy.locales). */
 #include "fuzz.h"
 
 #include <fcntl.h>
@@ -22,6 +24,7 @@
 #include "config.h"
 
 #define ENV_SEP "\n#env\n"
+#define SET_SEP "\n#set\n"
 #define MAX_VARS 64
 
 static int devnull = -1;
@@ -73,54 +76,60 @@ static void use(const config *c) {
     config_dump(c, devnull);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
-    size_t file_len, env_len;
-    const uint8_t *env_at;
-    char err[1024] = "";
-    char *vars[MAX_VARS + 1];
-    size_t n_vars = 0;
-    fuzz_split(data, len, ENV_SEP, &file_len, &env_at, &env_len);
-
-    /* "COPYSTREAM_" + each NUL-separated string. */
-    for (size_t at = 0; env_at && at < env_len && n_vars < MAX_VARS;) {
-        const uint8_t *end = memchr(env_at + at, 0, env_len - at);
-        size_t n = end ? (size_t)(end - env_at) - at : env_len - at;
-        if (!(vars[n_vars] = malloc(strlen("COPYSTREAM_") + n + 1))) break;
-        memcpy(vars[n_vars], "COPYSTREAM_", strlen("COPYSTREAM_"));
-        memcpy(vars[n_vars] + strlen("COPYSTREAM_"), env_at + at, n);
-        vars[n_vars][strlen("COPYSTREAM_") + n] = '\0';
-        n_vars++;
-        at += n + 1;
+/* Splits s[0..len) at NUL bytes into at most max heap strings, each prefixed
+ * with prefix; returns how many. */
+static size_t split_strings(const uint8_t *s, size_t len, const char *prefix, char **out,
+                            size_t max) {
+    size_t n = 0, plen = strlen(prefix);
+    for (size_t at = 0; s && at < len && n < max;) {
+        const uint8_t *end = memchr(s + at, 0, len - at);
+        size_t k = end ? (size_t)(end - s) - at : len - at;
+        if (!(out[n] = malloc(plen + k + 1))) break;
+        memcpy(out[n], prefix, plen);
+        memcpy(out[n] + plen, s + at, k);
+        out[n][plen + k] = '\0';
+        n++;
+        at += k + 1;
     }
+    return n;
+}
+
+/* config_set() of key = value, which must either work or change nothing. */
+static void set(config *c, const char *key, const char *value) {
+    char err[1024] = "", before[512], after[512];
+    snprintf(before, sizeof before, "%s|%s", config_str(c, "copy.locales"),
+             config_str(c, "copy.default_locale"));
+    if (config_set(c, key, value, err, sizeof err) < 0) {
+        FUZZ_CHECK(err[0], "config_set failed without a reason");
+        snprintf(after, sizeof after, "%s|%s", config_str(c, "copy.locales"),
+                 config_str(c, "copy.default_locale"));
+        FUZZ_CHECK(strcmp(before, after) == 0, "refused config_set changed %s to %s", before,
+                   after);
+    }
+    use(c);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
+    size_t file_len, rest_len, env_len, set_len;
+    const uint8_t *rest, *set_at;
+    char err[1024] = "";
+    char *vars[MAX_VARS + 1], *sets[MAX_VARS];
+    fuzz_split(data, len, ENV_SEP, &file_len, &rest, &rest_len);
+    fuzz_split(rest ? rest : data, rest_len, SET_SEP, &env_len, &set_at, &set_len);
+
+    size_t n_vars = split_strings(rest, env_len, "COPYSTREAM_", vars, MAX_VARS);
     vars[n_vars] = NULL;
+    size_t n_sets = split_strings(set_at, set_len, "", sets, MAX_VARS);
 
     config *c = config_load(fuzz_file(data, file_len), vars, err, sizeof err);
     if (!c) {
         FUZZ_CHECK(err[0], "load failed without a reason");
     } else {
         use(c);
-        /* The last variable once more, through config_set, as "key=value". */
-        char *eq = n_vars ? strchr(vars[n_vars - 1], '=') : NULL;
-        if (eq) {
-            const char *key = vars[n_vars - 1] + strlen("COPYSTREAM_");
-            char *k = strndup(key, (size_t)(eq - key));
-            char before[512] = "", after[512] = "";
-            if (k) {
-                snprintf(before, sizeof before, "%s|%s", config_str(c, "copy.locales"),
-                         config_str(c, "copy.default_locale"));
-                if (config_set(c, k, eq + 1, err, sizeof err) < 0) {
-                    FUZZ_CHECK(err[0], "config_set failed without a reason");
-                    snprintf(after, sizeof after, "%s|%s", config_str(c, "copy.locales"),
-                             config_str(c, "copy.default_locale"));
-                    FUZZ_CHECK(strcmp(before, after) == 0, "refused config_set changed %s",
-                               before);
-                }
-                use(c);
-                free(k);
-            }
-        }
+        for (size_t i = 0; i + 1 < n_sets; i += 2) set(c, sets[i], sets[i + 1]);
         config_free(c);
     }
     for (size_t i = 0; i < n_vars; i++) free(vars[i]);
+    for (size_t i = 0; i < n_sets; i++) free(sets[i]);
     return 0;
 }

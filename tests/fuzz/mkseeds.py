@@ -194,6 +194,11 @@ def config_seeds():
         b"[copy]\nlocales = en-US , zh-CN\ntrigger_types = view,purchase\n",
         "errors": b"[redis]\nport = 70000\n" + sep + b"REDIS_PROT=1\0",
         "env-only": sep + b"COPY_LOCALES=fr-FR\0COPY_DEFAULT__LOCALE=fr-FR\0KAFKA_ACKS=1\0",
+        "delivery-guards": b"[kafka]\nenable.auto.commit = true\n",
+        "delivery-guards-env": sep + b"KAFKA_PRODUCER_ENABLE_IDEMPOTENCE=false\0",
+        "set": shipped + sep + b"REDIS_PORT=1\0" + b"\n#set\n" +
+        b"copy.locales\0zh-CN\0copy.default_locale\0zh-CN\0copy.locales\0en-US\0"
+        b"kafka.group.id\0g\0schema.id.9\0X.avsc\0redis.port\00x10\0",
     }
 
 
