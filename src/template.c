@@ -10,7 +10,9 @@
  * refuses overlong ones and also notes whether a line is indented: in inih an
  * indented line continues the previous value, which is how a long text is
  * written over several lines. Continuations are joined with a space between
- * ASCII text (English words) and directly otherwise (Chinese runs on).
+ * ASCII text (English words) and directly otherwise (Chinese runs on). A NUL
+ * byte is refused too: inih would end the line there and drop the rest, and
+ * fgets() would hide a long line behind it.
  *
  * Locale rules (list punctuation, currency symbols) are small tables below;
  * a locale they do not know gets neutral forms rather than English ones. */
@@ -122,6 +124,7 @@ typedef struct {
     int line;                 /* lines read so far */
     int indented;             /* the current line continues the previous value */
     int long_line;            /* the first line too long for inih; 0: none */
+    int nul_line;             /* the first line holding a NUL byte; 0: none */
     int max_line;             /* the longest line inih takes */
     size_t last;              /* 1 + index of the template the previous text went to */
     int err_line;             /* the first problem found by on_text(); 0: none */
@@ -130,10 +133,18 @@ typedef struct {
 
 static char *read_line(char *str, int num, void *stream) {
     loader *ld = stream;
-    if (ld->long_line || !fgets(str, num, ld->f)) return NULL;
+    long start = ftell(ld->f);
+    if (ld->long_line || ld->nul_line || !fgets(str, num, ld->f)) return NULL;
     ld->line++;
     ld->max_line = num - 3; /* room for \r, \n and the NUL */
     size_t len = strlen(str);
+    /* fgets() says nothing of NUL bytes; the file position tells how much it
+     * read (found by tests/fuzz). Not knowing the position (a pipe) skips this. */
+    long end = ftell(ld->f);
+    if (start >= 0 && end >= 0 && (size_t)(end - start) != len) {
+        ld->nul_line = ld->line;
+        return NULL;
+    }
     if (len == (size_t)num - 1 && str[len - 1] != '\n') {
         int c = getc(ld->f);
         if (c != EOF) {
@@ -302,6 +313,11 @@ templates *templates_load(const char *path, const char *const *locales, size_t n
     }
     if (rc < 0 || ferror(ld.f)) {
         util_err(errstr, errlen, "%s: read error", path);
+        goto err;
+    }
+    if (ld.nul_line) {
+        util_err(errstr, errlen, "%s:%d: NUL byte in the line; the file is not text", path,
+                 ld.nul_line);
         goto err;
     }
     if (ld.long_line) {

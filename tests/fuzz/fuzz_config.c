@@ -11,7 +11,8 @@
  * config_set() once the config has loaded, as subcommand flags are.
  *
  * Properties, beyond "no crash, leak or undefined behaviour":
- *   - a failed load says why;
+ *   - a failed load says why, and a file holding a NUL byte does not load
+ *     (what follows the NUL on its line would be dropped without a word);
  *   - a loaded config holds values its typed getters accept, inside the
  *     bounds config/copystream.conf documents for the keys checked here, and
  *     copy.default_locale is one of copy.locales;
@@ -122,6 +123,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
     size_t n_sets = split_strings(set_at, set_len, "", sets, MAX_VARS);
 
     config *c = config_load(fuzz_file(data, file_len), vars, err, sizeof err);
+    FUZZ_CHECK(!c || !memchr(data, 0, file_len), "a file holding a NUL byte loaded");
     if (!c) {
         FUZZ_CHECK(err[0], "load failed without a reason");
     } else {

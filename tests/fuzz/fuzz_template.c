@@ -16,6 +16,8 @@
  * file part is junk.
  *
  * Properties, beyond "no crash, leak or undefined behaviour":
+ *   - a file holding a NUL byte does not load: whatever follows the NUL on
+ *     its line would otherwise be dropped without a word;
  *   - a failed load or render gives a reason, and a failed render leaves the
  *     output buffer exactly as it was (bytes before it included);
  *   - a successful render names a template and variant, appends only text
@@ -151,6 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
 
     const char *path = fuzz_file(data, file_len);
     templates *t = templates_load(path, sp.locales, sp.n_locales, err, sizeof err);
+    FUZZ_CHECK(!t || !memchr(data, 0, file_len), "a file holding a NUL byte loaded");
     if (!t) {
         FUZZ_CHECK(err[0], "load failed without a reason");
     } else {

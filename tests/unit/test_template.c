@@ -324,6 +324,52 @@ static void test_file_without_templates_loads_empty_without_undefined_behaviour(
     }
 }
 
+/* Found by tests/fuzz (fuzz_template): fgets() and inih end a line at a NUL
+ * byte, so a file of one NUL byte (the fuzzer's input, minimized) loaded, a
+ * text lost everything after a NUL, and a line too long for inih was not
+ * refused when a NUL came before its end: its tail became a line of its own. */
+#define BYTES(s) s, sizeof(s) - 1
+
+static void test_nul_byte_in_file_is_refused_naming_its_line(void **state) {
+    (void)state;
+    /* Line 2: "text = ", x up to its byte 150, the NUL, y up to byte 199
+     * (where fgets stops), then "  tail": read on as an indented
+     * continuation, it made a 206-byte line load as "xx...x tail". */
+    static const char head[] = "[recommendation.en-US.a]\ntext = ";
+    char long_line[300];
+    size_t at = sizeof head - 1;
+    memcpy(long_line, head, at);
+    memset(long_line + at, 'x', 143);
+    at += 143;
+    long_line[at++] = '\0';
+    memset(long_line + at, 'y', 48);
+    at += 48;
+    memcpy(long_line + at, "  tail\n", 7);
+    at += 7;
+    const struct {
+        const char *bytes;
+        size_t len;
+        int line;
+    } files[] = {
+        {BYTES("\0"), 1},
+        {BYTES("[recommendation.en-US.a]\ntext = A\0{item.price}\n"), 2},
+        {long_line, at, 2},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[64] = "/tmp/copystream-templates-XXXXXX", err[512] = "", want[256];
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, files[i].bytes, files[i].len), (ssize_t)files[i].len);
+        close(fd);
+        templates *t = templates_load(path, NULL, 0, err, sizeof err);
+        unlink(path);
+        assert_null(t);
+        snprintf(want, sizeof want, "%s:%d: NUL byte in the line; the file is not text", path,
+                 files[i].line);
+        assert_string_equal(err, want);
+    }
+}
+
 static void test_missing_file_is_a_load_error(void **state) {
     (void)state;
     char err[256] = "";
@@ -387,6 +433,7 @@ int main(void) {
         cmocka_unit_test(test_indented_lines_continue_a_text),
         cmocka_unit_test(test_load_errors_name_file_and_line),
         cmocka_unit_test(test_file_without_templates_loads_empty_without_undefined_behaviour),
+        cmocka_unit_test(test_nul_byte_in_file_is_refused_naming_its_line),
         cmocka_unit_test(test_missing_file_is_a_load_error),
         cmocka_unit_test(test_shipped_templates_render_exact_copy_in_both_locales),
     };
