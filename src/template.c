@@ -10,14 +10,17 @@
  * refuses overlong ones and also notes whether a line is indented: in inih an
  * indented line continues the previous value, which is how a long text is
  * written over several lines. Continuations are joined with a space between
- * ASCII text (English words) and directly otherwise (Chinese runs on). A NUL
- * byte is refused too: inih would end the line there and drop the rest, and
- * fgets() would hide a long line behind it.
+ * ASCII text (English words) and directly otherwise (Chinese runs on). Two
+ * more things inih would cut silently are refused as well: a line holding a
+ * NUL byte (inih ends the line there, and fgets() would hide a long line
+ * behind it) and a section name too long for inih's buffer (the template
+ * would load under a shorter id).
  *
  * Locale rules (list punctuation, currency symbols) are small tables below;
  * a locale they do not know gets neutral forms rather than English ones. */
 #include "template.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <ini.h>
 #include <stdarg.h>
@@ -26,6 +29,10 @@
 #include <string.h>
 
 #include "util.h"
+
+/* inih copies section names into a buffer of this many bytes (MAX_SECTION in
+ * its ini.c; the header does not say) and cuts longer ones. */
+#define INI_MAX_SECTION 50
 
 typedef enum { F_LITERAL = -1, F_ITEM_TITLE, F_ITEM_PRICE, F_ITEMS_TITLES, F_REASONS } field;
 
@@ -124,7 +131,8 @@ typedef struct {
     int line;                 /* lines read so far */
     int indented;             /* the current line continues the previous value */
     int long_line;            /* the first line too long for inih; 0: none */
-    int nul_line;             /* the first line holding a NUL byte; 0: none */
+    int bad_line;             /* the first line inih would cut otherwise; 0: none */
+    const char *bad_why;      /* and how */
     int max_line;             /* the longest line inih takes */
     size_t last;              /* 1 + index of the template the previous text went to */
     int err_line;             /* the first problem found by on_text(); 0: none */
@@ -134,7 +142,7 @@ typedef struct {
 static char *read_line(char *str, int num, void *stream) {
     loader *ld = stream;
     long start = ftell(ld->f);
-    if (ld->long_line || ld->nul_line || !fgets(str, num, ld->f)) return NULL;
+    if (ld->long_line || ld->bad_line || !fgets(str, num, ld->f)) return NULL;
     ld->line++;
     ld->max_line = num - 3; /* room for \r, \n and the NUL */
     size_t len = strlen(str);
@@ -142,7 +150,20 @@ static char *read_line(char *str, int num, void *stream) {
      * read (found by tests/fuzz). Not knowing the position (a pipe) skips this. */
     long end = ftell(ld->f);
     if (start >= 0 && end >= 0 && (size_t)(end - start) != len) {
-        ld->nul_line = ld->line;
+        ld->bad_line = ld->line;
+        ld->bad_why = "NUL byte in the line; the file is not text";
+        return NULL;
+    }
+    /* inih skips a UTF-8 BOM on line 1, then blanks by isspace(), before it
+     * looks for '['. Found by tests/fuzz: [recommendation.fr-FR.<50 letters>]
+     * loaded as a template whose id was cut to 49 bytes. */
+    const char *s = str;
+    if (ld->line == 1 && !strncmp(s, "\xEF\xBB\xBF", 3)) s += 3;
+    while (isspace((unsigned char)*s)) s++;
+    size_t name = *s == '[' ? strcspn(s + 1, "]") : 0;
+    if (*s == '[' && s[1 + name] == ']' && name >= INI_MAX_SECTION) {
+        ld->bad_line = ld->line;
+        ld->bad_why = "section name longer than 49 bytes";
         return NULL;
     }
     if (len == (size_t)num - 1 && str[len - 1] != '\n') {
@@ -315,9 +336,8 @@ templates *templates_load(const char *path, const char *const *locales, size_t n
         util_err(errstr, errlen, "%s: read error", path);
         goto err;
     }
-    if (ld.nul_line) {
-        util_err(errstr, errlen, "%s:%d: NUL byte in the line; the file is not text", path,
-                 ld.nul_line);
+    if (ld.bad_line) {
+        util_err(errstr, errlen, "%s:%d: %s", path, ld.bad_line, ld.bad_why);
         goto err;
     }
     if (ld.long_line) {

@@ -21,7 +21,8 @@
  *   - a failed load or render gives a reason, and a failed render leaves the
  *     output buffer exactly as it was (bytes before it included);
  *   - a successful render names a template and variant, appends only text
- *     (no NUL byte in it) and does the same again for the same input;
+ *     (no NUL byte in it) and does the same again for the same input; the
+ *     template it names has its [section] in the file, as written;
  *   - a template set that loads for some locales also loads for none. */
 #include "fuzz.h"
 
@@ -37,6 +38,8 @@
 #define PREFIX "prefix:"
 
 static templates *SHIPPED;
+static uint8_t SHIPPED_TEXT[1 << 16];
+static size_t SHIPPED_LEN;
 
 static void free_shipped(void) { templates_free(SHIPPED); }
 
@@ -47,6 +50,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argv;
     SHIPPED = templates_load("config/templates.conf", both, 2, err, sizeof err);
     FUZZ_CHECK(SHIPPED, "%s (run from the repository root)", err);
+    FILE *f = fopen("config/templates.conf", "rb");
+    FUZZ_CHECK(f, "config/templates.conf: cannot open");
+    SHIPPED_LEN = fread(SHIPPED_TEXT, 1, sizeof SHIPPED_TEXT, f);
+    fclose(f);
     atexit(free_shipped);
     return 0;
 }
@@ -107,8 +114,8 @@ static void spec_parse(char *s, size_t len, spec *sp) {
 }
 
 /* Renders the spec with t twice, after a prefix already in the buffer, and
- * checks the properties in the file comment. */
-static void render(const templates *t, const spec *sp) {
+ * checks the properties in the file comment. file is what t was loaded from. */
+static void render(const templates *t, const spec *sp, const uint8_t *file, size_t file_len) {
     const char *locale = sp->n_locales ? sp->locales[0] : "zh-CN";
     buf out = BUF_INIT, again = BUF_INIT;
     char err[512] = "";
@@ -129,6 +136,10 @@ static void render(const templates *t, const spec *sp) {
         size_t tl = strlen(tid), vl = strlen(vid);
         FUZZ_CHECK(tl > vl && tid[tl - vl - 1] == '.' && strcmp(tid + tl - vl, vid) == 0,
                    "variant %s is not the end of template %s", vid, tid);
+        char section[256];
+        snprintf(section, sizeof section, "[%s]", tid);
+        FUZZ_CHECK(memmem(file, file_len, section, strlen(section)),
+                   "template %s has no such [section] in its file", tid);
         FUZZ_CHECK(templates_render(t, sp->intent, locale, sp->choice, &sp->in, &again, NULL,
                                     NULL, err, sizeof err) == 0 &&
                        again.len == out.len && memcmp(again.p, out.p, out.len) == 0,
@@ -157,7 +168,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
     if (!t) {
         FUZZ_CHECK(err[0], "load failed without a reason");
     } else {
-        render(t, &sp);
+        render(t, &sp, data, file_len);
         if (sp.n_locales) {
             templates *none = templates_load(path, NULL, 0, err, sizeof err);
             FUZZ_CHECK(none, "loads for %zu locales but not for none: %s", sp.n_locales, err);
@@ -165,7 +176,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
         }
         templates_free(t);
     }
-    render(SHIPPED, &sp);
+    render(SHIPPED, &sp, SHIPPED_TEXT, SHIPPED_LEN);
     free(s);
     return 0;
 }

@@ -370,6 +370,45 @@ static void test_nul_byte_in_file_is_refused_naming_its_line(void **state) {
     }
 }
 
+/* Found by tests/fuzz (fuzz_template): inih cuts a section name to 49 bytes
+ * without a word, so a template with a long variant name loaded under a
+ * shorter id, and copies would have named that variant. The fuzzer's input,
+ * then the same with a BOM and blanks before the '[' (which inih skips), and
+ * the longest name inih keeps, which loads. */
+static void test_section_name_longer_than_inih_keeps_is_refused(void **state) {
+    (void)state;
+    char fuzzed[160] = "[recommendation.fr-FR.a"; /* then 75 g, "]\ntext =" and 3 bytes */
+    size_t at = strlen(fuzzed);
+    memset(fuzzed + at, 'g', 75);
+    snprintf(fuzzed + at + 75, sizeof fuzzed - at - 75, "]\ntext =\xd0\xd0\xd0");
+    const char *const refused[] = {
+        fuzzed,
+        "\xEF\xBB\xBF \t[recommendation.en-US.spring_sale_2026_free_shipping]\ntext = x\n",
+        "[recommendation.en-US.spring_sale_2026_free_shippin]\ntext = x\n", /* 50 bytes */
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        char path[64], err[512] = "", want[256];
+        write_conf(path, sizeof path, refused[i]);
+        templates *t = templates_load(path, NULL, 0, err, sizeof err);
+        unlink(path);
+        assert_null(t);
+        snprintf(want, sizeof want, "%s:1: section name longer than 49 bytes", path);
+        assert_string_equal(err, want);
+    }
+    static const char kept[] = "[recommendation.en-US.spring_sale_2026_free_shippi]\ntext = x\n";
+    char err[256] = "";
+    const char *tid = NULL;
+    buf out = BUF_INIT;
+    template_input in = {0};
+    templates *t = load_text(kept, NULL, 0, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(templates_render(t, "recommendation", "en-US", 0, &in, &out, &tid, NULL,
+                                      err, sizeof err), 0);
+    assert_string_equal(tid, "recommendation.en-US.spring_sale_2026_free_shippi");
+    buf_free(&out);
+    templates_free(t);
+}
+
 static void test_missing_file_is_a_load_error(void **state) {
     (void)state;
     char err[256] = "";
@@ -434,6 +473,7 @@ int main(void) {
         cmocka_unit_test(test_load_errors_name_file_and_line),
         cmocka_unit_test(test_file_without_templates_loads_empty_without_undefined_behaviour),
         cmocka_unit_test(test_nul_byte_in_file_is_refused_naming_its_line),
+        cmocka_unit_test(test_section_name_longer_than_inih_keeps_is_refused),
         cmocka_unit_test(test_missing_file_is_a_load_error),
         cmocka_unit_test(test_shipped_templates_render_exact_copy_in_both_locales),
     };
