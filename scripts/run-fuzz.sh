@@ -44,7 +44,7 @@ for bin in "${bins[@]}"; do
     "$bin" -max_total_time="$seconds" -max_len=16384 -timeout=10 -print_final_stats=1 \
         -artifact_prefix="$artifacts/" "${dict[@]}" ${FUZZ_FLAGS:-} \
         "$scratch/$name" "$corpus" >"$log" 2>&1 || rc=$?
-    runs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); print $2 }' "$log")
+    runs=$(awk '/stat::number_of_executed_units/ { print $NF }' "$log")
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
     if ((rc == 0)); then
         echo "PASS  fuzz_$name  (${runs:-?} inputs in ${seconds}s, ${cov:-cov: ?}, $(ls "$scratch/$name" | wc -l) new)"
