@@ -5,6 +5,7 @@
 #                   against a real Kafka broker and Redis started for the run
 #   make asan       the same tests with AddressSanitizer + UBSan (build-asan/)
 #   make valgrind   the unit tests under valgrind, failing on any leak or error
+#   make fuzz       libFuzzer targets, FUZZ_SECONDS each (tests/fuzz/fuzz.mk)
 #   make demo       clickstream in, personalized copy out, end to end
 #   make bench      end-to-end throughput against a passthrough ceiling
 #   make bench-inference   the Transformer engine's step, batch and scoring costs
@@ -125,3 +126,5 @@ bench-bandit: $(BUILD)/bench/bandit
 
 clean:
 	rm -rf build build-asan
+
+include tests/fuzz/fuzz.mk

@@ -2,10 +2,11 @@
  *
  * Avro C 1.11.1 believes the lengths and counts it reads: a string length of
  * 2^40 becomes a 2^40-byte malloc, a union branch or enum index out of range
- * is used as is, a negative block count is negated without a check. Anything
- * read from Kafka therefore passes avrocheck_validate() first: it walks the
- * body by the writer schema, allocating nothing, and accepts it only if every
- * length, count and index is in range and the record ends exactly at the last
+ * is used as is, a negative block count is negated without a check, and a
+ * map key is cut at its first NUL byte. Anything read from Kafka therefore
+ * passes avrocheck_validate() first: it walks the body by the writer schema,
+ * allocating nothing, and accepts it only if every length, count and index is
+ * in range, no map key holds a NUL, and the record ends exactly at the last
  * byte. After that, Avro C reads only what is really there. */
 #ifndef COPYSTREAM_AVROCHECK_H
 #define COPYSTREAM_AVROCHECK_H

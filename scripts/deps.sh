@@ -6,8 +6,10 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
+# clang with libclang-rt-14-dev (its sanitizer and libFuzzer runtimes) builds `make fuzz`;
+# llvm brings llvm-symbolizer, without which sanitizer stacks have no file:line.
 packages=(
-    build-essential pkg-config clang libclang-rt-14-dev valgrind
+    build-essential pkg-config clang libclang-rt-14-dev llvm valgrind
     librdkafka-dev libavro-dev libhiredis-dev libopenblas-dev libjansson-dev libmicrohttpd-dev
     libxxhash-dev libinih-dev libcmocka-dev
     redis-server python3 python3-venv

@@ -13,8 +13,10 @@
  * (the Debian build of inih does not pass line numbers to the handler), strips
  * indentation so that inih never glues an indented line onto the previous
  * value as a continuation, and refuses lines too long for inih's fixed buffer
- * instead of letting inih split them. Comments are whole lines starting with
- * '#' or ';'; inih also ends a value at a ';' preceded by whitespace.
+ * instead of letting inih split them, and lines holding a NUL byte, at which
+ * inih would end the value and drop the rest. Comments are whole lines
+ * starting with '#' or ';'; inih also ends a value at a ';' preceded by
+ * whitespace.
  *
  * kafka.* values are checked by setting them on a scratch librdkafka conf, so
  * a misspelt property or a bad value fails at load with librdkafka's own
@@ -585,6 +587,12 @@ static char *file_read_line(char *str, int num, void *stream) {
     ssize_t n = getline(&p->line, &p->linecap, p->f);
     if (n < 0) return NULL;
     p->lineno++;
+    if (memchr(p->line, '\0', (size_t)n)) { /* found by tests/fuzz */
+        util_err(p->errstr, p->errlen, "%s:%d: NUL byte in the line; the file is not text",
+                 p->path, p->lineno);
+        p->failed_at = p->lineno;
+        return NULL;
+    }
     const char *s = p->line;
     while (*s == ' ' || *s == '\t') s++;
     size_t len = strcspn(s, "\n");

@@ -10,12 +10,17 @@
  * refuses overlong ones and also notes whether a line is indented: in inih an
  * indented line continues the previous value, which is how a long text is
  * written over several lines. Continuations are joined with a space between
- * ASCII text (English words) and directly otherwise (Chinese runs on).
+ * ASCII text (English words) and directly otherwise (Chinese runs on). Two
+ * more things inih would cut silently are refused as well: a line holding a
+ * NUL byte (inih ends the line there, and fgets() would hide a long line
+ * behind it) and a section name too long for inih's buffer (the template
+ * would load under a shorter id).
  *
  * Locale rules (list punctuation, currency symbols) are small tables below;
  * a locale they do not know gets neutral forms rather than English ones. */
 #include "template.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <ini.h>
 #include <stdarg.h>
@@ -24,6 +29,10 @@
 #include <string.h>
 
 #include "util.h"
+
+/* inih copies section names into a buffer of this many bytes (MAX_SECTION in
+ * its ini.c; the header does not say) and cuts longer ones. */
+#define INI_MAX_SECTION 50
 
 typedef enum { F_LITERAL = -1, F_ITEM_TITLE, F_ITEM_PRICE, F_ITEMS_TITLES, F_REASONS } field;
 
@@ -122,6 +131,8 @@ typedef struct {
     int line;                 /* lines read so far */
     int indented;             /* the current line continues the previous value */
     int long_line;            /* the first line too long for inih; 0: none */
+    int bad_line;             /* the first line inih would cut otherwise; 0: none */
+    const char *bad_why;      /* and how */
     int max_line;             /* the longest line inih takes */
     size_t last;              /* 1 + index of the template the previous text went to */
     int err_line;             /* the first problem found by on_text(); 0: none */
@@ -130,10 +141,31 @@ typedef struct {
 
 static char *read_line(char *str, int num, void *stream) {
     loader *ld = stream;
-    if (ld->long_line || !fgets(str, num, ld->f)) return NULL;
+    long start = ftell(ld->f);
+    if (ld->long_line || ld->bad_line || !fgets(str, num, ld->f)) return NULL;
     ld->line++;
     ld->max_line = num - 3; /* room for \r, \n and the NUL */
     size_t len = strlen(str);
+    /* fgets() says nothing of NUL bytes; the file position tells how much it
+     * read (found by tests/fuzz). Not knowing the position (a pipe) skips this. */
+    long end = ftell(ld->f);
+    if (start >= 0 && end >= 0 && (size_t)(end - start) != len) {
+        ld->bad_line = ld->line;
+        ld->bad_why = "NUL byte in the line; the file is not text";
+        return NULL;
+    }
+    /* inih skips a UTF-8 BOM on line 1, then blanks by isspace(), before it
+     * looks for '['. Found by tests/fuzz: [recommendation.fr-FR.<50 letters>]
+     * loaded as a template whose id was cut to 49 bytes. */
+    const char *s = str;
+    if (ld->line == 1 && !strncmp(s, "\xEF\xBB\xBF", 3)) s += 3;
+    while (isspace((unsigned char)*s)) s++;
+    size_t name = *s == '[' ? strcspn(s + 1, "]") : 0;
+    if (*s == '[' && s[1 + name] == ']' && name >= INI_MAX_SECTION) {
+        ld->bad_line = ld->line;
+        ld->bad_why = "section name longer than 49 bytes";
+        return NULL;
+    }
     if (len == (size_t)num - 1 && str[len - 1] != '\n') {
         int c = getc(ld->f);
         if (c != EOF) {
@@ -330,12 +362,18 @@ templates *templates_load(const char *path, const char *const *locales, size_t n
         util_err(errstr, errlen, "%s: read error", path);
         goto err;
     }
+    if (ld.bad_line) {
+        util_err(errstr, errlen, "%s:%d: %s", path, ld.bad_line, ld.bad_why);
+        goto err;
+    }
     if (ld.long_line) {
         util_err(errstr, errlen, "%s:%d: line longer than %d bytes; continue the text on an "
                  "indented line", path, ld.long_line, ld.max_line);
         goto err;
     }
-    qsort(ld.t->v, ld.t->n, sizeof *ld.t->v, tmpl_by_id);
+    /* A file of comments has no templates and v is NULL, which qsort must
+     * not be given even with a count of 0 (found by tests/fuzz). */
+    if (ld.t->n) qsort(ld.t->v, ld.t->n, sizeof *ld.t->v, tmpl_by_id);
     for (size_t i = 0; i < n_locales; i++) {
         if (!tmpl_find(ld.t, "recommendation", locales[i], 0)) {
             util_err(errstr, errlen, "%s: no [recommendation.%s.<variant>] template for "

@@ -128,6 +128,19 @@ static void test_map_keys_are_checked_like_strings(void **state) {
     assert_int_equal(CHECK(m, 0x02, 0x10, 'k', 0x02, 0x00), -1); /* key length 8 */
 }
 
+/* Avro C keeps map keys as C strings: "a<NUL>b" would be read as "a", and
+ * the keys "k<NUL>1" and "k<NUL>2" as one key (found while writing
+ * tests/fuzz/fuzz_codec.c). Values may hold NULs; the codec judges those. */
+static void test_map_key_with_a_nul_byte_is_refused(void **state) {
+    (void)state;
+    const char *m = "{\"type\":\"map\",\"values\":\"string\"}";
+    assert_int_equal(CHECK(m, 0x02, 0x06, 'a', 0x00, 'b', 0x02, 'v', 0x00), -1);
+    assert_string_equal(err, "byte 1: map key holds a NUL byte");
+    assert_int_equal(CHECK(m, 0x04, 0x06, 'k', 0x00, '1', 0x00, 0x06, 'k', 0x00, '2', 0x00, 0x00),
+                     -1);
+    assert_int_equal(CHECK(m, 0x02, 0x02, 'a', 0x06, 'v', 0x00, 'w', 0x00), 0);
+}
+
 static void test_zero_byte_items_are_capped_per_message(void **state) {
     (void)state;
     const char *a = "{\"type\":\"array\",\"items\":\"null\"}";
@@ -267,6 +280,7 @@ int main(void) {
         cmocka_unit_test(test_union_branch_within_range),
         cmocka_unit_test(test_array_blocks_with_positive_and_negative_counts),
         cmocka_unit_test(test_map_keys_are_checked_like_strings),
+        cmocka_unit_test(test_map_key_with_a_nul_byte_is_refused),
         cmocka_unit_test(test_zero_byte_items_are_capped_per_message),
         cmocka_unit_test(test_recursion_deeper_than_the_limit_is_rejected),
         cmocka_unit_test(test_record_must_end_exactly_at_the_last_byte),

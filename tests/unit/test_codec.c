@@ -777,6 +777,27 @@ static void test_string_with_nul_byte_is_invalid(void **state) {
     assert_true(is_zero(&out, sizeof out));
 }
 
+/* A title keyed "en-US<NUL>x" was decoded as the en-US title, since Avro C
+ * cuts map keys at a NUL (found while writing tests/fuzz/fuzz_codec.c). */
+static void test_map_key_with_nul_byte_is_malformed(void **state) {
+    (void)state;
+    /* item_id "s", titles {"en-US<NUL>x": "T"}, four null unions, no
+     * attributes, available, updated_at 0 */
+    static const uint8_t body[] = {0x02, 's', 0x02, 0x0e, 'e', 'n', '-', 'U', 'S', 0, 'x', 0x02,
+                                   'T', 0x00, 0, 0, 0, 0, 0x00, 0x01, 0x00};
+    uint8_t m[64];
+    catalog_item out;
+    size_t n = framed(m, ID_CATALOG, body, sizeof body);
+    assert_int_equal(codec_decode_catalog(C, m, n, &out, err, sizeof err), CODEC_ERR_MALFORMED);
+    assert_string_equal(err, "byte 3: map key holds a NUL byte");
+    assert_true(is_zero(&out, sizeof out));
+    /* The same message with the key "en-US-x" decodes. */
+    m[5 + 9] = '-'; /* body byte 9, after the 5-byte frame */
+    assert_int_equal(codec_decode_catalog(C, m, n, &out, err, sizeof err), CODEC_OK);
+    assert_string_equal(out.titles[0].locale, "en-US-x");
+    catalog_item_clear(&out);
+}
+
 static void test_encoder_refuses_what_the_decoder_would_reject(void **state) {
     (void)state;
     buf b = BUF_INIT;
@@ -1207,6 +1228,7 @@ int main(void) {
         cmocka_unit_test(test_message_of_another_record_kind_is_incompatible),
         cmocka_unit_test(test_empty_required_ids_are_invalid),
         cmocka_unit_test(test_string_with_nul_byte_is_invalid),
+        cmocka_unit_test(test_map_key_with_nul_byte_is_malformed),
         cmocka_unit_test(test_encoder_refuses_what_the_decoder_would_reject),
         cmocka_unit_test(test_encoding_over_max_bytes_fails_and_leaves_buffer_alone),
         cmocka_unit_test(test_every_truncated_prefix_is_rejected),

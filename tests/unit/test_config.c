@@ -334,6 +334,38 @@ static void test_overlong_line_is_refused_not_split(void **state) {
     assert_non_null(strstr(err, ":2: line longer than"));
 }
 
+/* Found by tests/fuzz (fuzz_config): inih ends a line at a NUL byte, so
+ * "host = a<NUL>b" loaded as redis.host = "a", and the rest of the line was
+ * dropped without a word. The fuzzer's input, minimized, was the file of one
+ * NUL byte, which loaded as an empty file. */
+#define BYTES(s) s, sizeof(s) - 1
+
+static void test_nul_byte_in_file_is_refused_naming_its_line(void **state) {
+    (void)state;
+    static const struct {
+        const char *bytes;
+        size_t len;
+        int line;
+    } files[] = {
+        {BYTES("\0"), 1},
+        {BYTES("[redis]\nhost = a\0b\n"), 2},
+        {BYTES("[redis]\nport = 6379\n# a comment\0\n"), 3},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[64] = "/tmp/copystream-config-test-XXXXXX", err[512] = "", want[256];
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, files[i].bytes, files[i].len), (ssize_t)files[i].len);
+        close(fd);
+        config *c = config_load(path, NULL, err, sizeof err);
+        unlink(path);
+        assert_null(c);
+        snprintf(want, sizeof want, "%s:%d: NUL byte in the line; the file is not text", path,
+                 files[i].line);
+        assert_string_equal(err, want);
+    }
+}
+
 static void test_indented_line_is_a_key_not_a_continuation(void **state) {
     (void)state;
     char path[64], err[512] = "";
@@ -562,6 +594,7 @@ int main(void) {
         cmocka_unit_test(test_key_set_twice_in_file_fails_naming_both_lines),
         cmocka_unit_test(test_syntax_error_reports_its_line),
         cmocka_unit_test(test_overlong_line_is_refused_not_split),
+        cmocka_unit_test(test_nul_byte_in_file_is_refused_naming_its_line),
         cmocka_unit_test(test_indented_line_is_a_key_not_a_continuation),
         cmocka_unit_test(test_keys_before_any_section_are_full_names),
         cmocka_unit_test(test_missing_file_fails_naming_the_path),

@@ -303,6 +303,112 @@ static void test_load_errors_name_file_and_line(void **state) {
                             "indented line");
 }
 
+/* Found by tests/fuzz (fuzz_template): a file without a single template
+ * handed qsort a NULL array, undefined behaviour even for 0 elements (UBSan
+ * stops `make asan` here). Such a file loads when no locale is required, and
+ * every render of it fails with a reason. */
+static void test_file_without_templates_loads_empty_without_undefined_behaviour(void **state) {
+    (void)state;
+    static const char *const files[] = {"", "# only a comment\n; and another\n"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char err[256] = "";
+        templates *t = load_text(files[i], NULL, 0, err, sizeof err);
+        assert_non_null(t);
+        buf out = BUF_INIT;
+        template_input in = {0};
+        assert_int_equal(templates_render(t, "recommendation", "en-US", 0, &in, &out, NULL, NULL,
+                                          err, sizeof err), -1);
+        assert_string_equal(err, "no recommendation template for locale en-US");
+        assert_int_equal(out.len, 0);
+        templates_free(t);
+    }
+}
+
+/* Found by tests/fuzz (fuzz_template): fgets() and inih end a line at a NUL
+ * byte, so a file of one NUL byte (the fuzzer's input, minimized) loaded, a
+ * text lost everything after a NUL, and a line too long for inih was not
+ * refused when a NUL came before its end: its tail became a line of its own. */
+#define BYTES(s) s, sizeof(s) - 1
+
+static void test_nul_byte_in_file_is_refused_naming_its_line(void **state) {
+    (void)state;
+    /* Line 2: "text = ", x up to its byte 150, the NUL, y up to byte 199
+     * (where fgets stops), then "  tail": read on as an indented
+     * continuation, it made a 206-byte line load as "xx...x tail". */
+    static const char head[] = "[recommendation.en-US.a]\ntext = ";
+    char long_line[300];
+    size_t at = sizeof head - 1;
+    memcpy(long_line, head, at);
+    memset(long_line + at, 'x', 143);
+    at += 143;
+    long_line[at++] = '\0';
+    memset(long_line + at, 'y', 48);
+    at += 48;
+    memcpy(long_line + at, "  tail\n", 7);
+    at += 7;
+    const struct {
+        const char *bytes;
+        size_t len;
+        int line;
+    } files[] = {
+        {BYTES("\0"), 1},
+        {BYTES("[recommendation.en-US.a]\ntext = A\0{item.price}\n"), 2},
+        {long_line, at, 2},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[64] = "/tmp/copystream-templates-XXXXXX", err[512] = "", want[256];
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, files[i].bytes, files[i].len), (ssize_t)files[i].len);
+        close(fd);
+        templates *t = templates_load(path, NULL, 0, err, sizeof err);
+        unlink(path);
+        assert_null(t);
+        snprintf(want, sizeof want, "%s:%d: NUL byte in the line; the file is not text", path,
+                 files[i].line);
+        assert_string_equal(err, want);
+    }
+}
+
+/* Found by tests/fuzz (fuzz_template): inih cuts a section name to 49 bytes
+ * without a word, so a template with a long variant name loaded under a
+ * shorter id, and copies would have named that variant. The fuzzer's input,
+ * then the same with a BOM and blanks before the '[' (which inih skips), and
+ * the longest name inih keeps, which loads. */
+static void test_section_name_longer_than_inih_keeps_is_refused(void **state) {
+    (void)state;
+    char fuzzed[160] = "[recommendation.fr-FR.a"; /* then 75 g, "]\ntext =" and 3 bytes */
+    size_t at = strlen(fuzzed);
+    memset(fuzzed + at, 'g', 75);
+    snprintf(fuzzed + at + 75, sizeof fuzzed - at - 75, "]\ntext =\xd0\xd0\xd0");
+    const char *const refused[] = {
+        fuzzed,
+        "\xEF\xBB\xBF \t[recommendation.en-US.spring_sale_2026_free_shipping]\ntext = x\n",
+        "[recommendation.en-US.spring_sale_2026_free_shippin]\ntext = x\n", /* 50 bytes */
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        char path[64], err[512] = "", want[256];
+        write_conf(path, sizeof path, refused[i]);
+        templates *t = templates_load(path, NULL, 0, err, sizeof err);
+        unlink(path);
+        assert_null(t);
+        snprintf(want, sizeof want, "%s:1: section name longer than 49 bytes", path);
+        assert_string_equal(err, want);
+    }
+    static const char kept[] = "[recommendation.en-US.spring_sale_2026_free_shippi]\ntext = x\n";
+    char err[256] = "";
+    const char *tid = NULL;
+    buf out = BUF_INIT;
+    template_input in = {0};
+    templates *t = load_text(kept, NULL, 0, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(templates_render(t, "recommendation", "en-US", 0, &in, &out, &tid, NULL,
+                                      err, sizeof err), 0);
+    assert_string_equal(tid, "recommendation.en-US.spring_sale_2026_free_shippi");
+    buf_free(&out);
+    templates_free(t);
+}
+
 static void test_missing_file_is_a_load_error(void **state) {
     (void)state;
     char err[256] = "";
@@ -365,6 +471,9 @@ int main(void) {
         cmocka_unit_test(test_unknown_intent_or_locale_fails_to_render),
         cmocka_unit_test(test_indented_lines_continue_a_text),
         cmocka_unit_test(test_load_errors_name_file_and_line),
+        cmocka_unit_test(test_file_without_templates_loads_empty_without_undefined_behaviour),
+        cmocka_unit_test(test_nul_byte_in_file_is_refused_naming_its_line),
+        cmocka_unit_test(test_section_name_longer_than_inih_keeps_is_refused),
         cmocka_unit_test(test_missing_file_is_a_load_error),
         cmocka_unit_test(test_shipped_templates_render_exact_copy_in_both_locales),
     };
