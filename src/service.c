@@ -240,6 +240,7 @@ typedef struct svc {
     size_t n_refs, cap_refs;
     svc_outbox_ref *purges;   /* [n_purges] committed copies to delete next round trip */
     size_t n_purges, cap_purges;
+    size_t n_purges_sent;     /* the first ones, riding on the write in flight */
     int64_t *committed;       /* next offset to consume, by clickstream partition */
     size_t n_committed;
     /* assignment */
@@ -497,6 +498,17 @@ static void svc_set_committed(svc *s, int32_t partition, int64_t next_offset) {
 static void svc_clear_purges(svc *s) {
     for (size_t i = 0; i < s->n_purges; i++) free(s->purges[i].user_id);
     s->n_purges = 0;
+    s->n_purges_sent = 0;
+}
+
+/* The write in flight went through: its purges are done. Those queued since
+ * stay for the next round trip. */
+static void svc_purges_sent_done(svc *s) {
+    size_t n = s->n_purges_sent;
+    for (size_t i = 0; i < n; i++) free(s->purges[i].user_id);
+    memmove(s->purges, s->purges + n, (s->n_purges - n) * sizeof *s->purges);
+    s->n_purges -= n;
+    s->n_purges_sent = 0;
 }
 
 /* Moves every outbox reference that the committed offsets now cover into the
@@ -1163,6 +1175,7 @@ static int svc_confirm(svc *s, svc_flight *f) {
         log_error("service", "writing users' state: %s", err);
         return -1;
     }
+    svc_purges_sent_done(s); /* unconditional HDELs and ZREMs: conflicts do not stop them */
     if (conflicts) {
         /* Another instance wrote some of these users since we read them (it
          * owned their partition a moment ago, or still thinks it does). */
@@ -1303,7 +1316,11 @@ static int svc_send(svc *s, svc_flight *f, char *err, size_t errlen) {
         atomic_store(&s->redis_ok, 0);
         return -1;
     }
-    svc_clear_purges(s); /* if the write fails, the copies' refs come back on reload */
+    /* Kept queued until the write is confirmed: if it fails, they go again
+     * with a later one (deleting twice is harmless). Forgetting them here left
+     * the copies of users who never came back in Redis after an outage until
+     * the next rebalance (tests/integration/test_faults.py). */
+    s->n_purges_sent = np;
     /* The batch's bandit counts follow its writes: sent once they are
      * confirmed (svc_confirm); the markers make a retried batch harmless. */
     if (bandit_seal(s->bandit) < 0) return util_err(err, errlen, "bandit: too many batches");
@@ -1321,6 +1338,7 @@ static void svc_recover(svc *s) {
         size_t conflicts;
         store_write_wait(s->store, &conflicts, why, sizeof why);
     }
+    s->n_purges_sent = 0; /* perhaps not done: they go again */
     int fatal = s->dr.fatal;
     for (int k = 0; k < 3; k++) fatal |= s->flight[k].dr.fatal;
     if (fatal) {
@@ -1929,6 +1947,12 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
         svc_model_file_changed(&s); /* remember what was loaded */
         log_info("service", "model %s loaded: %s", s.model_path, recommend_version(s.rec));
     }
+    /* hiredis writes with plain send(): a write to a Redis that died (the
+     * peer's RST already in) raises SIGPIPE, whose default action killed the
+     * service mid-outage instead of letting it retry with backoff. Ignored,
+     * the write fails with EPIPE and the batch is retried like any other
+     * connection error (tests/integration/test_faults.py). */
+    signal(SIGPIPE, SIG_IGN);
     if (!(s.store = opt->state_in_memory ? store_new_memory(cfg, err, sizeof err)
                                          : store_new(cfg, err, sizeof err)) ||
         !(s.bandit = bandit_new(cfg, s.tpl, s.t_click, err, sizeof err)) ||
