@@ -295,12 +295,13 @@ static void tr_init_weights(trainer *t) {
 trainer *trainer_new(const dataset *ds, const train_params *p, char *errstr, size_t errlen) {
     if (p->dim < 2 || p->n_heads < 1 || p->dim % p->n_heads || (p->dim / p->n_heads) % 2 ||
         p->n_layers < 1 || p->hidden < 1 || p->window < 2 || p->batch < 1 || p->epochs < 0 ||
-        p->negatives < 0 || !(p->dropout >= 0 && p->dropout < 1) || !(p->lr > 0)) {
+        p->negatives < 0 || p->threads < 1 || !(p->dropout >= 0 && p->dropout < 1) ||
+        !(p->lr > 0)) {
         util_err(errstr, errlen,
                  "no model with dim %d, %d heads (dim / heads must be even), %d layers, hidden "
-                 "%d, window %d, batch %d, dropout %g, lr %g",
-                 p->dim, p->n_heads, p->n_layers, p->hidden, p->window, p->batch, p->dropout,
-                 p->lr);
+                 "%d, window %d, batch %d, %d threads, dropout %g, lr %g",
+                 p->dim, p->n_heads, p->n_layers, p->hidden, p->window, p->batch, p->threads,
+                 p->dropout, p->lr);
         return NULL;
     }
     trainer *t = calloc(1, sizeof *t);
