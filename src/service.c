@@ -604,7 +604,7 @@ static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const 
         /* A category reason has no phrase: the template's fallback speaks for it. */
         if (r->reasons[i].text && r->reasons[i].text[0]) shown[n_shown++] = reasons[i];
     }
-    template_input in = {items, r->n_picks, shown, n_shown};
+    template_input in = {.items = items, .n_items = r->n_picks, .reasons = shown, .n_reasons = n_shown};
     const char *template_id = NULL, *variant_id = NULL;
     char why[256];
     buf_reset(&s->text);
