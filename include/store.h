@@ -85,6 +85,18 @@ typedef struct {
 store_status store_write_send(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
                               size_t np, char *errstr, size_t errlen);
 
+/* Queues one more command (copied) to go out with the next
+ * store_write_send(), in its pipeline: the indexes other modules keep beside
+ * the users' hashes (trigger.c's due sets and watchers), made durable before
+ * the batch that staged them is committed. Their replies are checked by
+ * store_write_wait() like the rest: an error fails the batch. They must be
+ * idempotent, since a failed batch stages them again. Returns 0 or -1
+ * (memory; nothing queued). */
+int store_stage(store *st, int argc, const char **argv, const size_t *argvlen);
+/* Drops the staged commands (after a failed batch: its re-run stages them
+ * again). */
+void store_unstage(store *st);
+
 /* Reads the replies of the last store_write_send(). STORE_OK with
  * *conflicts = 0 means every write was applied as sent. A conflict (the hash
  * had another version: another instance wrote it) or an error means the

@@ -58,7 +58,7 @@ typedef struct {
     uint32_t ts_s;
 } us_seen;
 
-enum { US_TOPIC_CLICKSTREAM = 0, US_TOPIC_REACTIONS = 1 };
+enum { US_TOPIC_CLICKSTREAM = 0, US_TOPIC_REACTIONS = 1, US_TOPIC_TRIGGERS = 2 };
 
 typedef struct {
     uint8_t topic;            /* US_TOPIC_* */
@@ -176,6 +176,14 @@ int userstate_apply_click(user_state *s, const userstate_params *p, const click_
 int userstate_apply_reaction(user_state *s, const userstate_params *p, const reaction *r,
                              int32_t partition, int64_t offset);
 
+/* Applies a delayed trigger (intent.h) read at (partition, offset) of the
+ * triggers topic: advances that watermark and remembers its id like an
+ * event id, so that a trigger produced twice (its scanner crashed between
+ * producing it and removing it from Redis) is an upstream duplicate within
+ * dedup.window_s. Returns like userstate_apply_click. */
+int userstate_apply_trigger(user_state *s, const userstate_params *p, const char *trigger_id,
+                            int64_t ts_ms, int32_t partition, int64_t offset);
+
 /* The affinity scores of v decayed to event time at_s (v is not changed). */
 float userstate_affinity_at(const us_affinities *v, uint64_t key, uint32_t at_s,
                             double half_life_s);
@@ -221,8 +229,9 @@ int64_t userstate_watermark(const user_state *s, uint8_t topic, int32_t partitio
  * Field names: "seq", "cat", "attr", "buy", "seen" (versioned binary blobs),
  * "sq" (events ever appended to seq),
  * "n.<event type>", "r.<reaction type>", "dup" (counters, decimal), "t0",
- * "t1", "lc" (event times in ms), "loc" (locale), "w.c.<partition>" and
- * "w.r.<partition>" (applied offsets of clickstream and reactions) and
+ * "t1", "lc" (event times in ms), "loc" (locale), "w.c.<partition>",
+ * "w.r.<partition>" and "w.t.<partition>" (applied offsets of clickstream,
+ * reactions and triggers) and
  * "o.<partition>.<offset>" (outbox copies), "cp" and "dis" (copy records and
  * dismissed items, versioned blobs) and "ns" (unsubscribe event time, ms).
  * "v", the CAS version, belongs to store.c and is not among them. */

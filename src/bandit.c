@@ -32,7 +32,9 @@
 #include <sys/time.h>
 
 #include "dict.h"
+#include "intent.h"
 #include "log.h"
+#include "rconn.h"
 #include "util.h"
 
 static const char *const bandit_segment_names[BANDIT__SEGMENTS] = {"new", "returning"};
@@ -226,6 +228,7 @@ typedef struct {
 struct bandit {
     const templates *tpl;
     char *copy_topic;
+    char *trigger_topic;      /* copies of delayed triggers name it; NULL: none */
     /* settings */
     int uniform;              /* bandit.policy = uniform */
     bandit_prior prior;
@@ -542,7 +545,9 @@ bandit *bandit_new(const config *c, const templates *t, const char *copy_topic, 
     b->copy_topic = strdup(copy_topic);
     b->host = strdup(config_str(c, "redis.host"));
     b->user = strdup(config_str(c, "redis.user"));
-    b->password = strdup(config_str(c, "redis.password"));
+    /* redis.password_file too: without it an ACL user's password never
+     * reached the bandit's connection. */
+    if (!(b->password = rconn_password(c, errstr, errlen))) goto err;
     b->port = (int)config_int(c, "redis.port");
     b->db = (int)config_int(c, "redis.db");
     b->timeout_ms = (int)config_int(c, "redis.timeout_ms");
@@ -574,6 +579,7 @@ void bandit_free(bandit *b) {
     for (size_t i = 0; i < BANDIT_QUEUE; i++) free(b->sealed[i].v);
     free(b->field_index);
     free(b->copy_topic);
+    free(b->trigger_topic);
     free(b->host);
     free(b->user);
     if (b->password) {
@@ -671,8 +677,12 @@ static int bandit_parse_copy_id(const char *id, const char *topic, int32_t *part
     return 0;
 }
 
-bandit_attribution bandit_attribute(const user_state *u, const reaction *r, const char *copy_topic,
-                                    int64_t window_ms, const us_copyrec **rec) {
+/* bandit_attribute(), also knowing the copies that delayed triggers caused:
+ * their ids name trigger_topic (NULL: none), and they are recorded at the
+ * partition past INTENT_TRIGGER_PARTITION_BASE. */
+static bandit_attribution bandit_attribute_any(const user_state *u, const reaction *r,
+                                               const char *copy_topic, const char *trigger_topic,
+                                               int64_t window_ms, const us_copyrec **rec) {
     *rec = NULL;
     const us_copyrec *c = NULL;
     if (r->copy_id && r->copy_id[0]) {
@@ -680,12 +690,29 @@ bandit_attribution bandit_attribute(const user_state *u, const reaction *r, cons
         int64_t offset;
         if (bandit_parse_copy_id(r->copy_id, copy_topic, &partition, &offset) == 0)
             c = userstate_copyrec_find(u, partition, offset);
+        else if (trigger_topic &&
+                 bandit_parse_copy_id(r->copy_id, trigger_topic, &partition, &offset) == 0 &&
+                 partition < INTENT_TRIGGER_PARTITION_BASE)
+            c = userstate_copyrec_find(u, partition + INTENT_TRIGGER_PARTITION_BASE, offset);
     } else if (r->type == RX_CONVERT) {
         c = userstate_copyrec_last(u, r->ts_ms);
     }
     if (!c) return BANDIT_UNKNOWN;
     *rec = c;
     return r->ts_ms - c->ts_ms > window_ms ? BANDIT_LATE : BANDIT_ATTRIBUTED;
+}
+
+bandit_attribution bandit_attribute(const user_state *u, const reaction *r, const char *copy_topic,
+                                    int64_t window_ms, const us_copyrec **rec) {
+    return bandit_attribute_any(u, r, copy_topic, NULL, window_ms, rec);
+}
+
+int bandit_set_trigger_topic(bandit *b, const char *topic) {
+    char *t = strdup(topic);
+    if (!t) return -1;
+    free(b->trigger_topic);
+    b->trigger_topic = t;
+    return 0;
 }
 
 /* What a reaction adds to its copy's counters (a click or a dismissal shows
@@ -710,7 +737,8 @@ static uint32_t bandit_seconds(int64_t ms) {
 int bandit_on_reaction(bandit *b, user_state *u, const reaction *r, int outcome) {
     if (outcome != US_APPLIED && outcome != US_ALREADY_APPLIED) return BANDIT_UNKNOWN;
     const us_copyrec *rec;
-    bandit_attribution at = bandit_attribute(u, r, b->copy_topic, b->window_ms, &rec);
+    bandit_attribution at =
+        bandit_attribute_any(u, r, b->copy_topic, b->trigger_topic, b->window_ms, &rec);
     /* Copy what is needed: the effects below may move the records. */
     us_copyrec c = rec ? *rec : (us_copyrec){0};
     if (at == BANDIT_ATTRIBUTED) {
@@ -994,10 +1022,14 @@ static void bandit_report_hash(const char *intent, const redisReply *r, bandit_a
 }
 
 int bandit_read_stats(const config *c, bandit_arm_fn fn, void *ud, char *errstr, size_t errlen) {
+    char *password = rconn_password(c, errstr, errlen);
+    if (!password) return -1;
     redisContext *ctx = bandit_connect_to(
         config_str(c, "redis.host"), (int)config_int(c, "redis.port"), config_str(c, "redis.user"),
-        config_str(c, "redis.password"), (int)config_int(c, "redis.db"),
-        (int)config_int(c, "redis.timeout_ms"), errstr, errlen);
+        password, (int)config_int(c, "redis.db"), (int)config_int(c, "redis.timeout_ms"), errstr,
+        errlen);
+    memset(password, 0, strlen(password));
+    free(password);
     if (!ctx) return -1;
     buf pattern = BUF_INIT, head = BUF_INIT;
     buf_printf(&head, "%s:bandit:{", config_str(c, "redis.key_prefix"));

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -208,7 +209,8 @@ int kafka_produce(rd_kafka_t *p, const char *topic, const void *key, size_t key_
 }
 
 static const char *kafka_topic_keys[] = {"topic.clickstream", "topic.reactions", "topic.copy",
-                                         "topic.dead_letter", "topic.catalog"};
+                                         "topic.dead_letter", "topic.catalog", "topic.triggers",
+                                         "topic.control"};
 
 int kafka_create_topics(const config *c, char *errstr, size_t errlen) {
     int rc = -1;
@@ -239,6 +241,11 @@ int kafka_create_topics(const config *c, char *errstr, size_t errlen) {
          * latest version of every item for instances that start later. */
         if (strcmp(kafka_topic_keys[i], "topic.catalog") == 0)
             rd_kafka_NewTopic_set_config(topics[i], "cleanup.policy", "compact");
+        /* A control message names a user who asked to be forgotten: it is
+         * read by the instances running when it arrives and need not (must
+         * not) outlive that by much. */
+        if (strcmp(kafka_topic_keys[i], "topic.control") == 0)
+            rd_kafka_NewTopic_set_config(topics[i], "retention.ms", "86400000");
     }
     rd_kafka_CreateTopics(rk, topics, n, opts, q);
     ev = rd_kafka_queue_poll(q, 60000);
@@ -264,6 +271,20 @@ int kafka_create_topics(const config *c, char *errstr, size_t errlen) {
             goto err;
         } else {
             log_info("kafka", "created topic %s", name);
+        }
+    }
+    /* The controller has them; a broker may learn of them a moment later.
+     * Whoever runs next (a producer, the service) must find them. */
+    for (size_t i = 0; i < n; i++) {
+        const char *name = config_str(c, kafka_topic_keys[i]);
+        int64_t deadline = util_monotonic_us() + 30 * 1000000LL;
+        while (kafka_partition_count(rk, name, 5000, rderr, sizeof rderr) < 0) {
+            if (util_monotonic_us() > deadline) {
+                util_err(errstr, errlen, "topic %s was created but is not visible: %s", name,
+                         rderr);
+                goto err;
+            }
+            usleep(50000);
         }
     }
     rc = 0;

@@ -378,6 +378,20 @@ int userstate_apply_reaction(user_state *s, const userstate_params *p, const rea
     return dup ? US_DUPLICATE : US_APPLIED;
 }
 
+int userstate_apply_trigger(user_state *s, const userstate_params *p, const char *trigger_id,
+                            int64_t ts_ms, int32_t partition, int64_t offset) {
+    if (offset <= userstate_watermark(s, US_TOPIC_TRIGGERS, partition)) return US_ALREADY_APPLIED;
+    if (US_GROW(s->wm, s->cap_wm, s->n_wm + 1) < 0) return -1;
+    int dup;
+    if (us_seen_check(s, p, util_hash(trigger_id), us_seconds(ts_ms), &dup) < 0) return -1;
+    us_set_watermark(s, US_TOPIC_TRIGGERS, partition, offset);
+    if (dup) {
+        s->duplicates++;
+        s->dirty |= US_DIRTY_COUNTS;
+    }
+    return dup ? US_DUPLICATE : US_APPLIED;
+}
+
 /* ---- reactions' effects: copy records, dismissals, consent ---------------- */
 
 int userstate_copyrec_add(user_state *s, const us_copyrec *r, size_t max, int64_t window_ms) {
@@ -573,7 +587,10 @@ int userstate_encode(const user_state *s, unsigned which, userstate_fields *out)
     if (which & US_DIRTY_WM) {
         for (size_t i = 0; i < s->n_wm; i++) {
             snprintf(name, sizeof name, "w.%c.%" PRId32,
-                     s->wm[i].topic == US_TOPIC_REACTIONS ? 'r' : 'c', s->wm[i].partition);
+                     s->wm[i].topic == US_TOPIC_REACTIONS  ? 'r'
+                     : s->wm[i].topic == US_TOPIC_TRIGGERS ? 't'
+                                                           : 'c',
+                     s->wm[i].partition);
             if (us_field_i64(out, name, s->wm[i].offset)) return -1;
         }
     }
@@ -743,14 +760,16 @@ int userstate_decode_field(user_state *s, const char *name, size_t name_len, con
         if (len >= sizeof s->locale) goto bad;
         memcpy(s->locale, value, len);
         s->locale[len] = '\0';
-    } else if (fname[0] == 'w' && fname[1] == '.' && (fname[2] == 'c' || fname[2] == 'r') &&
-               fname[3] == '.') {
+    } else if (fname[0] == 'w' && fname[1] == '.' &&
+               (fname[2] == 'c' || fname[2] == 'r' || fname[2] == 't') && fname[3] == '.') {
         int64_t part, off;
         if (us_parse_i64(fname + 4, strlen(fname + 4), &part) || part < 0 || part > INT32_MAX ||
             us_parse_i64(value, len, &off))
             goto bad;
-        if (us_set_watermark(s, fname[2] == 'r' ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM,
-                             (int32_t)part, off) < 0)
+        uint8_t topic = fname[2] == 'r'   ? US_TOPIC_REACTIONS
+                        : fname[2] == 't' ? US_TOPIC_TRIGGERS
+                                          : US_TOPIC_CLICKSTREAM;
+        if (us_set_watermark(s, topic, (int32_t)part, off) < 0)
             goto oom;
     } else if (fname[0] == 'o' && fname[1] == '.') {
         int64_t part, off;
