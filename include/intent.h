@@ -110,13 +110,15 @@ typedef struct {
 void trigger_clear(trigger *t);
 
 /* The due-set member of a trigger (trigger.c): the JSON object of intent,
- * user_id, item_id and, for a price drop, old_price_micros and currency,
- * keys sorted, so that the same trigger always makes the same member. */
+ * user_id, item_id, for a price drop old_price_micros and currency, and
+ * since when it is set (a trigger put back after quiet hours: its due time
+ * no longer tells), keys sorted, so that the same trigger always makes the
+ * same member. */
 int trigger_member(const trigger *t, buf *out);
 /* The message produced to the triggers topic: the member's fields plus id,
  * ts and since. */
 int trigger_encode(const trigger *t, buf *out);
-/* Parses a member (ts_ms, since_ms and id then unset) or a message into *t
+/* Parses a member (ts_ms and id then unset) or a message into *t
  * (cleared first). Returns 0, or -1 with errstr when it is not JSON, lacks a
  * required field, or names an intent that is not delayed. */
 int trigger_decode(const void *data, size_t len, trigger *t, char *errstr, size_t errlen);

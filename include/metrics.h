@@ -67,6 +67,7 @@ typedef enum {
     MET_REACTIONS_UNKNOWN,
     MET_TRIGGERS_CART_REMINDER,   /* copystream_triggers_fired_total{intent=...} */
     MET_TRIGGERS_PRICE_DROP,
+    MET_TRIGGERS_DEFERRED,        /* copystream_triggers_deferred_total */
     MET_COPIES_RECOMMENDATION,    /* copystream_copies_by_intent_total{intent=...}, in */
     MET_COPIES_CART_REMINDER,     /* intent_kind order */
     MET_COPIES_CROSS_SELL,

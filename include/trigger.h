@@ -80,6 +80,11 @@ void triggers_watch_key(const char *prefix, const char *item_id, buf *out);
 int triggers_on_event(triggers *t, const char *user_id, int32_t partition, const click_event *e,
                       const user_state *u, int outcome);
 
+/* Puts trigger tr (its since_ms set) back into partition's due set, due at
+ * due_ms: it arrived in the user's quiet hours. Staged like
+ * triggers_on_event(). Returns 0 or -1 (memory). */
+int triggers_defer(triggers *t, const trigger *tr, int32_t partition, int64_t due_ms);
+
 /* A catalog update replaced `before` (NULL: a new item) by `after`, read at
  * (catalog partition, offset): when it lowers the price by at least
  * intent.price_drop.min_percent (same currency), fans the drop out to the

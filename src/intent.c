@@ -156,6 +156,7 @@ static json_t *trigger_object(const trigger *t) {
         (json_object_set_new(o, "old_price_micros", json_integer(t->old_price_micros)) ||
          json_object_set_new(o, "currency", json_string(t->currency ? t->currency : ""))))
         goto err;
+    if (t->since_ms && json_object_set_new(o, "since", json_integer(t->since_ms))) goto err;
     return o;
 err:
     json_decref(o);
@@ -234,13 +235,19 @@ int trigger_decode(const void *data, size_t len, trigger *t, char *errstr, size_
     }
     json_t *id = json_object_get(o, "id"), *ts = json_object_get(o, "ts"),
            *since = json_object_get(o, "since");
-    if (id || ts || since) { /* a message, not a member: all three */
-        if (!json_is_integer(ts) || !json_is_integer(since) || !(t->id = trigger_string(o, "id"))) {
+    if (since) {
+        if (!json_is_integer(since)) {
+            util_err(errstr, errlen, "since must be an integer");
+            goto out;
+        }
+        t->since_ms = json_integer_value(since);
+    }
+    if (id || ts) { /* a message, not a member: id, ts and since */
+        if (!json_is_integer(ts) || !since || !(t->id = trigger_string(o, "id"))) {
             util_err(errstr, errlen, "a trigger message needs id, ts and since");
             goto out;
         }
         t->ts_ms = json_integer_value(ts);
-        t->since_ms = json_integer_value(since);
     }
     rc = 0;
 out:

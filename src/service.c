@@ -60,6 +60,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
+#include "policy.h"
 #include "recommend.h"
 #include "store.h"
 #include "strategy.h"
@@ -188,7 +189,6 @@ typedef struct svc {
     /* settings */
     userstate_params up;
     unsigned trigger_mask;
-    int64_t min_interval_ms;
     size_t copy_items, max_reasons;
     char **locales;
     size_t n_locales;
@@ -206,6 +206,7 @@ typedef struct svc {
     templates *tpl;
     bandit *bandit;           /* variant choice, attribution, shared statistics */
     triggers *trig;           /* delayed triggers: scheduling, price drops, firing */
+    policy *pol;              /* consent, quiet hours, caps, no repeats */
     store *store;
     cache *cache;
     rd_kafka_t *consumer, *catalog_consumer, *producer;
@@ -320,7 +321,6 @@ static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
     if (!types) return util_err(errstr, errlen, "out of memory");
     for (size_t i = 0; i < n; i++) s->trigger_mask |= 1u << event_type_parse(types[i]);
     svc_free_split(types);
-    s->min_interval_ms = config_int(c, "copy.min_interval_s") * 1000;
     s->copy_items = (size_t)config_int(c, "copy.items");
     s->max_reasons = (size_t)config_int(c, "copy.max_reasons");
     if (s->copy_items > STRATEGY_MAX_PICKS) s->copy_items = STRATEGY_MAX_PICKS;
@@ -736,9 +736,12 @@ static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const 
         it->suppressed = MET_SUPPRESSED_RENDER_ERROR + 1;
         return 0;
     }
+    uint64_t promoted[STRATEGY_MAX_PICKS];
+    for (size_t i = 0; i < r->n_picks; i++) promoted[i] = r->picks[i].entry->item_hash;
     if (userstate_outbox_add(&u->st, pos, m->offset, s->scratch.p, s->scratch.len) < 0 ||
         bandit_copy_made(s->bandit, &u->st, pos, m->offset, e->ts_ms, arm,
-                         util_hash(items[0].item_id), it->segment, 0) < 0)
+                         util_hash(items[0].item_id), it->segment, 0) < 0 ||
+        policy_promoted(s->pol, &u->st, promoted, r->n_picks, e->ts_ms) < 0)
         return -1;
     return 1;
 }
@@ -815,16 +818,25 @@ static int svc_apply_user(svc *s, svc_user *u) {
             continue;
         }
         if (it->outcome != US_APPLIED || it->intent < 0 || it->suppressed) continue;
-        if (u->st.unsub_ms) {
-            it->suppressed = MET_SUPPRESSED_NO_CONSENT + 1;
+        int why = policy_check(s->pol, &u->st, e->ts_ms);
+        if (why == MET_SUPPRESSED_QUIET_HOURS && it->kind == SVC_TRIGGER) {
+            /* A reminder or a price drop is not lost to the night: it goes
+             * back to Redis, due when the quiet hours end. */
+            if (triggers_defer(s->trig, &it->trig, m->partition,
+                               policy_quiet_until(s->pol, u->st.locale, e->ts_ms)) < 0)
+                return -1;
             continue;
         }
-        if (u->st.last_copy_ms && e->ts_ms - u->st.last_copy_ms < s->min_interval_ms) {
-            it->suppressed = MET_SUPPRESSED_MIN_INTERVAL + 1;
+        if (why) {
+            it->suppressed = why + 1;
             continue;
         }
-        u->st.last_copy_ms = e->ts_ms;
-        u->st.dirty |= US_DIRTY_META;
+        if (it->kind == SVC_TRIGGER &&
+            policy_is_repeat(s->pol, &u->st, util_hash(it->trig.item_id), e->ts_ms)) {
+            it->suppressed = MET_SUPPRESSED_REPEAT + 1;
+            continue;
+        }
+        policy_count(s->pol, &u->st, e->ts_ms);
         it->segment = bandit_segment_of(&u->st);
         if (bandit_in_holdout(s->bandit, u->user_id)) {
             /* Withheld, but remembered like a copy: the conversions that
@@ -1832,6 +1844,7 @@ static void svc_free(svc *s) {
     cache_free(s->cache);
     bandit_free(s->bandit);
     triggers_free(s->trig);
+    policy_free(s->pol);
     templates_free(s->tpl);
     catalog_free(s->catalog);
     codec_free(s->codec);
@@ -1943,6 +1956,8 @@ int run_main(int argc, char **argv) {
     if (!(s.tpl = templates_load(config_str(cfg, "copy.templates"), (const char *const *)s.locales,
                                  s.n_locales, err, sizeof err)))
         goto startup_err;
+    /* Zones are read with TZ set, before any thread of ours or librdkafka's runs. */
+    if (!(s.pol = policy_new(cfg, err, sizeof err))) goto startup_err;
     for (int k = 0; k < INTENT__COUNT; k++)
         if (s.rules.enabled[k] && templates_require(s.tpl, intent_name(k),
                                                     (const char *const *)s.locales, s.n_locales,

@@ -154,6 +154,20 @@ int triggers_on_event(triggers *t, const char *user_id, int32_t partition, const
     return 0;
 }
 
+int triggers_defer(triggers *t, const trigger *tr, int32_t partition, int64_t due_ms) {
+    trigger copy = *tr;
+    copy.id = NULL;
+    buf_reset(&t->val);
+    if (trigger_member(&copy, &t->val) < 0) return -1;
+    triggers_due_key(t->prefix, partition, &t->key);
+    char score[32];
+    snprintf(score, sizeof score, "%" PRId64, due_ms);
+    const char *argv[] = {"ZADD", t->key.p, "GT", score, t->val.p};
+    if (!t->key.p || trigger_stage(t, 5, argv) < 0) return -1;
+    metrics_inc(MET_TRIGGERS_DEFERRED, 1);
+    return 0;
+}
+
 /* ---- price drops ----------------------------------------------------------------- */
 
 /* Is `after` a drop from `before` by at least the configured share? */
@@ -275,7 +289,9 @@ static int trigger_fire(triggers *t, rd_kafka_t *producer, const char *topic, in
         return 1;
     }
     tr.ts_ms = strtoll(d->score, NULL, 10);
-    tr.since_ms = tr.intent == INTENT_CART_REMINDER ? tr.ts_ms - t->rules->cart_delay_ms : tr.ts_ms;
+    if (!tr.since_ms) /* a member put back after quiet hours keeps its own */
+        tr.since_ms =
+            tr.intent == INTENT_CART_REMINDER ? tr.ts_ms - t->rules->cart_delay_ms : tr.ts_ms;
     buf_reset(&t->scratch);
     int rc = -1;
     if (trigger_set_id(&tr) < 0 || trigger_encode(&tr, &t->scratch) < 0) {

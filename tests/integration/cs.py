@@ -111,6 +111,10 @@ class Deployment:
             # before intents had rules: the tests that are not about the
             # streak rule stay simple. test_intents.py sets its own.
             "COPYSTREAM_INTENT_RECOMMENDATION_STREAK": "1",
+            # No caps and repeats allowed, likewise; test_policies.py sets them.
+            "COPYSTREAM_POLICY_MAX__PER__HOUR": "0",
+            "COPYSTREAM_POLICY_MAX__PER__DAY": "0",
+            "COPYSTREAM_POLICY_NO__REPEAT__DAYS": "0",
             "COPYSTREAM_TOPIC_PARTITIONS": str(partitions),
             "COPYSTREAM_HTTP_PORT": "0",
             "COPYSTREAM_SCHEMA_DIR": str(SCHEMAS),

@@ -390,6 +390,7 @@ static void test_page_is_well_formed_exposition(void **state) {
         {"copystream_batches_total", "counter"},
         {"copystream_reactions_attributed_total", "counter"},
         {"copystream_triggers_fired_total", "counter"},
+        {"copystream_triggers_deferred_total", "counter"},
         {"copystream_copies_by_intent_total", "counter"},
         {"copystream_control_messages_total", "counter"},
         {"copystream_build_info", "gauge"},
