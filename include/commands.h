@@ -21,6 +21,8 @@ int config_main(int argc, char **argv);   /* print the effective config (main.c)
 int train_main(int argc, char **argv);    /* learn a model (train.c) */
 int eval_main(int argc, char **argv);     /* rank held-out events with a model (evaluate.c) */
 int report_main(int argc, char **argv);   /* copy variants' performance (report.c) */
+int forget_main(int argc, char **argv);   /* erase everything kept about a user (privacy.c) */
+int consent_main(int argc, char **argv);  /* a user's opt-out or opt-in (privacy.c) */
 
 /* The config path a command uses when -c is not given. */
 const char *commands_default_config(void);

@@ -111,6 +111,10 @@ int store_write_pending(const store *st);
 store_status store_write_batch(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
                                size_t np, size_t *conflicts, char *errstr, size_t errlen);
 
+/* The key of user_id's hash under prefix (see the key layout above) into out,
+ * appended: for the modules that must find it without a store (privacy.c). */
+void store_user_key_for(const char *prefix, const char *user_id, buf *out);
+
 /* Calls fn for every outbox index entry of partition with an offset below
  * `below` (one round trip). The user id is not NUL-terminated. */
 typedef void (*store_outbox_fn)(const char *user_id, size_t user_len, int64_t offset, void *ud);

@@ -188,6 +188,9 @@ static const cfg_decl cfg_decls[] = {
     {"policy.no_repeat_max_items", CFG_INT, "64", 1, 4096, NULL, 0,
      "items remembered per user for that"},
 
+    {"privacy.tombstone_topics", CFG_LIST, "", 0, 0, NULL, 0,
+     "compacted topics keyed by user id that `copystream forget` writes a tombstone to"},
+
     {"bandit.policy", CFG_ENUM, "thompson", 0, 0, "thompson|uniform", 0,
      "how a copy's template variant is chosen"},
     {"bandit.reward", CFG_ENUM, "click", 0, 0, "click|conversion", 0,

@@ -22,6 +22,8 @@ static void main_usage(FILE *f) {
             "  train     learn the model from a sequence file or the clickstream topic\n"
             "  eval      rank held-out events with a model: HR@k and NDCG@k\n"
             "  report    how each copy variant performs: CTR, conversions, lift vs holdout\n"
+            "  forget    erase everything kept about a user (Redis, tombstones, running instances)\n"
+            "  consent   record a user's opt-out or opt-in\n"
             "  config    print the effective configuration (secrets masked)\n"
             "  version   print the version\n",
             COPYSTREAM_VERSION);
@@ -52,7 +54,7 @@ int main(int argc, char **argv) {
         {"run", run_main},       {"topics", topics_main}, {"loadgen", loadgen_main},
         {"import", import_main}, {"tail", tail_main},     {"config", config_main},
         {"train", train_main},   {"eval", eval_main},
-        {"report", report_main},
+        {"report", report_main}, {"forget", forget_main}, {"consent", consent_main},
     };
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
         !strcmp(argv[1], "help")) {

@@ -61,6 +61,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
+#include "privacy.h"
 #include "recommend.h"
 #include "store.h"
 #include "strategy.h"
@@ -197,7 +198,7 @@ typedef struct svc {
     int batch_wait_ms;
     int64_t shutdown_ms;
     int64_t exit_when_idle_ms;
-    const char *t_click, *t_react, *t_copy, *t_dlq, *t_catalog, *t_trig;
+    const char *t_click, *t_react, *t_copy, *t_dlq, *t_catalog, *t_trig, *t_control;
     intent_rules rules;
     int trig_partitions;      /* of t_trig */
     /* parts */
@@ -207,9 +208,10 @@ typedef struct svc {
     bandit *bandit;           /* variant choice, attribution, shared statistics */
     triggers *trig;           /* delayed triggers: scheduling, price drops, firing */
     policy *pol;              /* consent, quiet hours, caps, no repeats */
+    privacy *priv;            /* forget and consent requests, applied to Redis */
     store *store;
     cache *cache;
-    rd_kafka_t *consumer, *catalog_consumer, *producer;
+    rd_kafka_t *consumer, *catalog_consumer, *control_consumer, *producer;
     kafka_delivery dr;        /* producer-wide delivery counts */
     httpd *http;
     /* the batch */
@@ -342,6 +344,7 @@ static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
     s->t_dlq = config_str(c, "topic.dead_letter");
     s->t_catalog = config_str(c, "topic.catalog");
     s->t_trig = config_str(c, "topic.triggers");
+    s->t_control = config_str(c, "topic.control");
     if (intent_rules_load(&s->rules, c, errstr, errlen) < 0) return -1;
     s->model_path = config_str(c, "model.path");
     s->model_min_events = (uint64_t)config_int(c, "model.min_events");
@@ -1677,6 +1680,75 @@ static int svc_catalog_start(svc *s, char *errstr, size_t errlen) {
     return 0;
 }
 
+/* ---- control messages ------------------------------------------------------- */
+
+/* Applies one control message (privacy.h): once the batches in flight are
+ * settled -- so that no write of the user is pending -- drops what this
+ * instance holds of the user in memory and applies the request to Redis.
+ * Every instance does so; the Redis side is idempotent. */
+static void svc_control_apply(svc *s, rd_kafka_message_t *m) {
+    if (m->err) {
+        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            log_warn("service", "control consumer: %s", rd_kafka_message_errstr(m));
+        return;
+    }
+    privacy_request req = {0};
+    char err[512];
+    if (privacy_parse(m->payload, m->len, &req, err, sizeof err) < 0) {
+        log_warn("service", "control %s[%" PRId32 "]@%" PRId64 " ignored: %s",
+                 rd_kafka_topic_name(m->rkt), m->partition, m->offset, err);
+        metrics_inc(MET_CONTROL_INVALID, 1);
+        return;
+    }
+    svc_settle(s);
+    user_state st;
+    userstate_init(&st);
+    if (cache_take(s->cache, req.user_id, &st)) userstate_clear(&st);
+    if (s->rec) recommend_forget(s->rec, req.user_id);
+    if (privacy_apply(s->priv, &req, err, sizeof err) < 0)
+        log_error("service", "%s of user %s not applied to Redis: %s (`copystream %s` does it)",
+                  privacy_action_name(req.action), req.user_id, err,
+                  req.action == PRIVACY_FORGET ? "forget" : "consent");
+    else
+        log_info("service", "%s of user %s applied", privacy_action_name(req.action), req.user_id);
+    metrics_inc((metric_id)(MET_CONTROL_FORGET + req.action), 1);
+    privacy_request_clear(&req);
+}
+
+static void svc_control_poll(svc *s) {
+    for (int i = 0; i < 100; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(s->control_consumer, 0);
+        if (!m) break;
+        svc_control_apply(s, m);
+        rd_kafka_message_destroy(m);
+    }
+}
+
+/* Follows the control topic from its end as it is now: a request published
+ * before this instance started is not this instance's to apply (it holds
+ * nothing of the user yet, and replaying an old forget would erase what the
+ * user did since). The end is read now, not left to librdkafka, so that a
+ * request published right after start-up is not skipped. */
+static int svc_control_start(svc *s, char *errstr, size_t errlen) {
+    int n = kafka_partition_count(s->control_consumer, s->t_control, 10000, errstr, errlen);
+    if (n < 0) return -1;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++) {
+        int64_t lo, hi;
+        rd_kafka_resp_err_t e =
+            rd_kafka_query_watermark_offsets(s->control_consumer, s->t_control, p, &lo, &hi, 10000);
+        if (e) {
+            rd_kafka_topic_partition_list_destroy(l);
+            return util_err(errstr, errlen, "%s[%d]: %s", s->t_control, p, rd_kafka_err2str(e));
+        }
+        rd_kafka_topic_partition_list_add(l, s->t_control, p)->offset = hi;
+    }
+    rd_kafka_resp_err_t err = rd_kafka_assign(s->control_consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) return util_err(errstr, errlen, "assigning %s: %s", s->t_control, rd_kafka_err2str(err));
+    return 0;
+}
+
 /* ---- the loop ----------------------------------------------------------------- */
 
 /* Polls until the batch is full or batch_wait_ms has passed since its first
@@ -1801,6 +1873,7 @@ static int svc_loop(svc *s) {
     while (!svc_stop_requested) {
         svc_maybe_reload(s);
         svc_catalog_poll(s, 10000);
+        svc_control_poll(s);
         svc_scan_triggers(s);
         if (svc_collect(s)) {
             if (svc_process_batch(s) < 0) {
@@ -1839,12 +1912,17 @@ static void svc_free(svc *s) {
         rd_kafka_consumer_close(s->catalog_consumer);
         rd_kafka_destroy(s->catalog_consumer);
     }
+    if (s->control_consumer) {
+        rd_kafka_consumer_close(s->control_consumer);
+        rd_kafka_destroy(s->control_consumer);
+    }
     if (s->producer) rd_kafka_destroy(s->producer);
     store_free(s->store);
     cache_free(s->cache);
     bandit_free(s->bandit);
     triggers_free(s->trig);
     policy_free(s->pol);
+    privacy_free(s->priv);
     templates_free(s->tpl);
     catalog_free(s->catalog);
     codec_free(s->codec);
@@ -1998,7 +2076,9 @@ int run_main(int argc, char **argv) {
         log_info("service", "model %s loaded: %s", s.model_path, recommend_version(s.rec));
     }
     if (!(s.store = store_new(cfg, err, sizeof err))) goto startup_err;
-    if (!(s.trig = triggers_new(cfg, &s.rules, s.store, err, sizeof err))) goto startup_err;
+    if (!(s.trig = triggers_new(cfg, &s.rules, s.store, err, sizeof err)) ||
+        !(s.priv = privacy_new(cfg, err, sizeof err)))
+        goto startup_err;
     if (!(s.bandit = bandit_new(cfg, s.tpl, s.t_click, err, sizeof err)) ||
         bandit_set_trigger_topic(s.bandit, s.t_trig) < 0 ||
         bandit_refresh(s.bandit, err, sizeof err) < 0)
@@ -2017,7 +2097,8 @@ int run_main(int argc, char **argv) {
      * tells reactions from clicks. */
     s.rkt_react = rd_kafka_topic_new(s.consumer, s.t_react, NULL);
     s.rkt_trig = rd_kafka_topic_new(s.consumer, s.t_trig, NULL);
-    if (!(s.catalog_consumer = kafka_consumer_new(cfg, NULL, NULL, NULL, err, sizeof err)))
+    if (!(s.catalog_consumer = kafka_consumer_new(cfg, NULL, NULL, NULL, err, sizeof err)) ||
+        !(s.control_consumer = kafka_consumer_new(cfg, NULL, NULL, NULL, err, sizeof err)))
         goto startup_err;
     metrics_start(COPYSTREAM_VERSION);
     int port = (int)config_int(cfg, "http.port");
@@ -2032,7 +2113,8 @@ int run_main(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
 
-    if (svc_catalog_start(&s, err, sizeof err) < 0) goto startup_err;
+    if (svc_catalog_start(&s, err, sizeof err) < 0 || svc_control_start(&s, err, sizeof err) < 0)
+        goto startup_err;
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(3);
     rd_kafka_topic_partition_list_add(topics, s.t_click, RD_KAFKA_PARTITION_UA);
     rd_kafka_topic_partition_list_add(topics, s.t_react, RD_KAFKA_PARTITION_UA);

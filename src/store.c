@@ -262,13 +262,17 @@ void store_free(store *st) {
     free(st);
 }
 
-static void store_user_key(const store *st, const char *user_id, buf *out) {
-    buf_printf(out, "%s:u:{", st->prefix);
+void store_user_key_for(const char *prefix, const char *user_id, buf *out) {
+    buf_printf(out, "%s:u:{", prefix);
     if (strpbrk(user_id, "{}"))
         buf_printf(out, "#%016" PRIx64, util_hash(user_id));
     else
         buf_puts(out, user_id);
     buf_puts(out, "}");
+}
+
+static void store_user_key(const store *st, const char *user_id, buf *out) {
+    store_user_key_for(st->prefix, user_id, out);
 }
 
 static int store_argv_reserve(store *st, size_t n) {
