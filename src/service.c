@@ -189,7 +189,6 @@ typedef struct svc {
     const config *cfg;
     /* settings */
     userstate_params up;
-    unsigned trigger_mask;
     size_t copy_items, max_reasons;
     char **locales;
     size_t n_locales;
@@ -318,11 +317,6 @@ static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
     s->up.dedup_window_ms = config_int(c, "dedup.window_s") * 1000;
     s->up.dedup_max_ids = (size_t)config_int(c, "dedup.max_ids");
 
-    size_t n;
-    char **types = svc_split(config_str(c, "copy.trigger_types"), &n);
-    if (!types) return util_err(errstr, errlen, "out of memory");
-    for (size_t i = 0; i < n; i++) s->trigger_mask |= 1u << event_type_parse(types[i]);
-    svc_free_split(types);
     s->copy_items = (size_t)config_int(c, "copy.items");
     s->max_reasons = (size_t)config_int(c, "copy.max_reasons");
     if (s->copy_items > STRATEGY_MAX_PICKS) s->copy_items = STRATEGY_MAX_PICKS;
