@@ -179,6 +179,7 @@ typedef struct {
     size_t n_polled;
     uint64_t events[EV__COUNT], reactions[RX__COUNT], dead[CODEC__COUNT];
     uint64_t skipped_dup, skipped_redelivered;
+    uint64_t triggers;        /* trigger messages consumed */
     uint64_t suppressed[SVC_N_SUPPRESSED]; /* by MET_SUPPRESSED_* - MET_SUPPRESSED_MIN_INTERVAL */
     uint64_t attributed[BANDIT__ATTRIBUTIONS]; /* new reactions, by attribution */
     uint64_t by_intent[INTENT__COUNT];         /* new copies, by intent */
@@ -256,7 +257,7 @@ typedef struct svc {
     int64_t last_lag_us;
     int backoff_ms;
     /* totals for the exit summary */
-    uint64_t total_events, total_reactions, total_copies, total_dead;
+    uint64_t total_events, total_reactions, total_triggers, total_copies, total_dead;
     int64_t first_poll_us, last_commit_us;
     /* health, read by the HTTP thread */
     atomic_int redis_ok;
@@ -965,7 +966,7 @@ static void svc_flight_reset(svc_flight *f, size_t n_locales) {
     memset(f->events, 0, sizeof f->events);
     memset(f->reactions, 0, sizeof f->reactions);
     memset(f->dead, 0, sizeof f->dead);
-    f->skipped_dup = f->skipped_redelivered = 0;
+    f->skipped_dup = f->skipped_redelivered = f->triggers = 0;
     memset(f->suppressed, 0, sizeof f->suppressed);
     memset(f->attributed, 0, sizeof f->attributed);
     memset(f->by_intent, 0, sizeof f->by_intent);
@@ -1156,6 +1157,7 @@ static void svc_flight_tally(svc *s, svc_flight *f) {
         f->polled_us[f->n_polled++] = it->polled_us;
         if (it->kind == SVC_CLICK) f->events[it->click.type]++;
         else if (it->kind == SVC_REACTION) f->reactions[it->rx.type]++;
+        else if (it->kind == SVC_TRIGGER) f->triggers++;
         else f->dead[it->dead]++;
         f->skipped_dup += it->outcome == US_DUPLICATE;
         f->skipped_redelivered += it->outcome == US_ALREADY_APPLIED;
@@ -1189,6 +1191,7 @@ static void svc_flight_report(svc *s, const svc_flight *f, int64_t now_us) {
         metrics_inc_dead_letter((codec_status)k, f->dead[k]);
         s->total_dead += f->dead[k];
     }
+    s->total_triggers += f->triggers;
     metrics_inc(MET_SKIPPED_DUPLICATE, f->skipped_dup);
     metrics_inc(MET_SKIPPED_REDELIVERED, f->skipped_redelivered);
     for (int k = 0; k < SVC_N_SUPPRESSED; k++)
@@ -2129,10 +2132,13 @@ int run_main(int argc, char **argv) {
     rc = svc_shutdown(&s);
     double busy_s = (double)(s.last_commit_us - s.first_poll_us) / 1e6;
     log_info("service",
-             "totals: events=%" PRIu64 " reactions=%" PRIu64 " copies=%" PRIu64
-             " dead_lettered=%" PRIu64 " busy_s=%.3f events_per_s=%.0f",
-             s.total_events, s.total_reactions, s.total_copies, s.total_dead, busy_s,
-             busy_s > 0 ? (double)(s.total_events + s.total_reactions + s.total_dead) / busy_s : 0);
+             "totals: events=%" PRIu64 " reactions=%" PRIu64 " triggers=%" PRIu64
+             " copies=%" PRIu64 " dead_lettered=%" PRIu64 " busy_s=%.3f events_per_s=%.0f",
+             s.total_events, s.total_reactions, s.total_triggers, s.total_copies, s.total_dead,
+             busy_s,
+             busy_s > 0 ? (double)(s.total_events + s.total_reactions + s.total_triggers +
+                                   s.total_dead) / busy_s
+                        : 0);
     if (rc == 0) log_info("service", "stopped cleanly");
     goto out;
 
