@@ -95,15 +95,21 @@ long triggers_on_catalog(triggers *t, const catalog_item *before, const catalog_
                          int32_t partition, int64_t offset, char *errstr, size_t errlen);
 
 /* Produces what is due in the due sets of owned[n_owned] (clickstream
- * partitions) at now_ms to `topic` (n_partitions partitions), waits for the
- * broker's acknowledgements (serving producer's delivery reports, which
- * other batches' messages may be among), then removes what went out, and
- * what was stale. Does nothing when called again before
- * trigger.scan_interval_ms has passed, unless force. Returns the number of
- * triggers produced, or -1 with errstr (what was not removed is produced
- * again next time, harmlessly). */
+ * partitions) at now_ms to `topic` (n_partitions partitions), without
+ * waiting for the broker: each partition's batch is remembered, and a later
+ * call -- every call first serves the producer's delivery reports, other
+ * batches' included -- removes its entries from Redis once all its messages
+ * are acknowledged (a batch with a failure leaves them, to be produced
+ * again). A partition whose batch is still out is not read again, and stale
+ * entries are removed without firing. Looks at the due sets only when
+ * trigger.scan_interval_ms has passed since the last look, unless force.
+ * Returns the number of triggers produced, or -1 with errstr (what was not
+ * removed is produced again later, harmlessly). */
 long triggers_scan(triggers *t, rd_kafka_t *producer, const char *topic, int n_partitions,
                    const int32_t *owned, size_t n_owned, int64_t now_ms, int force, char *errstr,
                    size_t errlen);
+/* Waits up to timeout_ms for the batches still out and removes them (at
+ * shutdown, so that the next owner does not produce them again). */
+void triggers_drain(triggers *t, rd_kafka_t *producer, int timeout_ms);
 
 #endif

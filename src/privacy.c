@@ -151,8 +151,12 @@ void privacy_free(privacy *p) {
 }
 
 /* A glob pattern that matches the user id anywhere, its special characters
- * escaped. */
+ * escaped. An id that JSON escapes (quotes, backslashes, control
+ * characters) is written differently inside a due-set member, so for such an
+ * id every member is looked at. */
 static int privacy_glob(const char *user_id, buf *out) {
+    for (const unsigned char *s = (const unsigned char *)user_id; *s; s++)
+        if (*s < 0x20 || *s == '"' || *s == '\\') return buf_put_u8(out, '*');
     int rc = buf_put_u8(out, '*');
     for (const char *s = user_id; *s && !rc; s++) {
         if (strchr("*?[]\\", *s)) rc |= buf_put_u8(out, '\\');

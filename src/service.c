@@ -1855,14 +1855,16 @@ static void svc_maybe_reload(svc *s) {
 /* Produces the delayed triggers that are due in the clickstream partitions
  * this instance owns (trigger.h), at most every trigger.scan_interval_ms. */
 static void svc_scan_triggers(svc *s) {
-    int32_t owned[256];
+    int32_t *owned = malloc((s->n_assigned + 1) * sizeof *owned);
+    if (!owned) return; /* the next look will do */
     size_t n = 0;
-    for (size_t i = 0; i < s->n_assigned && n < UTIL_ARRAY_LEN(owned); i++)
+    for (size_t i = 0; i < s->n_assigned; i++)
         if (strcmp(s->assigned[i].topic, s->t_click) == 0) owned[n++] = s->assigned[i].partition;
     char err[512];
     if (triggers_scan(s->trig, s->producer, s->t_trig, s->trig_partitions, owned, n,
                       util_now_ms(), 0, err, sizeof err) < 0)
         log_warn("service", "producing due triggers: %s (again at the next look)", err);
+    free(owned);
 }
 
 static int svc_loop(svc *s) {
@@ -1964,6 +1966,7 @@ static int svc_shutdown(svc *s) {
     if (s->n_items && svc_process_batch(s) < 0) rc = 1;
     if (svc_settle(s) < 0) rc = 1;
     svc_flush_purges(s);
+    triggers_drain(s->trig, s->producer, 5000);
     rd_kafka_resp_err_t err = rd_kafka_consumer_close(s->consumer);
     if (err) {
         log_error("service", "closing the consumer: %s", rd_kafka_err2str(err));

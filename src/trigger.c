@@ -19,15 +19,18 @@
 #include "rconn.h"
 #include "util.h"
 
-/* KEYS[1] a due set; ARGV[1] a member, ARGV[2] the score it was read with.
- * Removes the member only if it is still due then: a reminder that an add
- * to cart pushed back meanwhile stays. */
+/* KEYS[1] a due set; ARGV: pairs of a member and the score it was read
+ * with. Removes a member only if it is still due then: a reminder that an
+ * add to cart pushed back meanwhile stays. */
 static const char trigger_remove_lua[] =
-    "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
-    "if s and tonumber(s) == tonumber(ARGV[2]) then\n"
-    "  return redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "local n = 0\n"
+    "for i = 1, #ARGV, 2 do\n"
+    "  local s = redis.call('ZSCORE', KEYS[1], ARGV[i])\n"
+    "  if s and tonumber(s) == tonumber(ARGV[i + 1]) then\n"
+    "    n = n + redis.call('ZREM', KEYS[1], ARGV[i])\n"
+    "  end\n"
     "end\n"
-    "return 0\n";
+    "return n\n";
 
 /* A user who comes back to an item within this much event time is already
  * among its watchers: no need to say so again. */
@@ -35,7 +38,33 @@ static const char trigger_remove_lua[] =
 /* One watched event in this many trims its item's set to max_watchers. */
 #define TRIGGER_TRIM_EVERY 16
 
+/* A due entry read from one partition's set. */
+typedef struct {
+    char *member;
+    size_t member_len;
+    char score[32];
+    int stale;
+} trigger_due;
+
+/* One partition's due entries, produced and waiting for the broker's
+ * acknowledgements before they are removed. */
+typedef struct {
+    int32_t partition;
+    trigger_due *d;           /* [n] */
+    long n;
+    uint64_t expected;        /* messages produced */
+    kafka_delivery *dr;       /* their delivery count, on the heap: its address travels
+                               * with every message, and the array of batches may move */
+} trigger_batch;
+
+static void trigger_due_free(trigger_due *d, long n) {
+    for (long i = 0; d && i < n; i++) free(d[i].member);
+    free(d);
+}
+
 struct triggers {
+    trigger_batch *pending;   /* [n_pending] batches awaiting acknowledgements */
+    size_t n_pending, cap_pending;
     const intent_rules *rules;
     store *store;
     rconn *redis;
@@ -43,6 +72,7 @@ struct triggers {
     int64_t scan_interval_ms;
     size_t scan_max;
     int64_t last_scan_ms;
+    int backlog;              /* the last look left due entries behind */
     buf key, val, scratch;
 };
 
@@ -70,6 +100,13 @@ err:
 
 void triggers_free(triggers *t) {
     if (!t) return;
+    /* Batches still with the broker: their entries stay in Redis and go out
+     * again from the next owner, as duplicates the users' states skip. */
+    for (size_t i = 0; i < t->n_pending; i++) {
+        trigger_due_free(t->pending[i].d, t->pending[i].n);
+        free(t->pending[i].dr);
+    }
+    free(t->pending);
     rconn_free(t->redis);
     free(t->prefix);
     buf_free(&t->key);
@@ -270,14 +307,6 @@ out:
 
 /* ---- firing ------------------------------------------------------------------------ */
 
-/* A due entry read from one partition's set. */
-typedef struct {
-    char *member;
-    size_t member_len;
-    char score[32];
-    int stale;
-} trigger_due;
-
 /* Produces one due entry to topic; counts the message in dr. Returns 0, 1
  * when the entry is malformed (it is removed without firing), or -1. */
 static int trigger_fire(triggers *t, rd_kafka_t *producer, const char *topic, int32_t partition,
@@ -321,7 +350,8 @@ out:
     return rc;
 }
 
-/* Reads the due entries of one partition into *out (caller frees). */
+/* Reads up to scan_max due entries of one partition into *out (caller frees
+ * with trigger_due_free). */
 static long trigger_read_due(triggers *t, int32_t partition, int64_t now_ms, trigger_due **out,
                              char *errstr, size_t errlen) {
     *out = NULL;
@@ -348,14 +378,13 @@ static long trigger_read_due(triggers *t, int32_t partition, int64_t now_ms, tri
     }
     int64_t late = t->rules->max_late_ms;
     for (long i = 0; i < n; i++) {
-        const redisReply *m = r->element[2 * i], *s = r->element[2 * i + 1];
+        const redisReply *m = r->element[2 * i], *sc = r->element[2 * i + 1];
         trigger_due *d = &(*out)[i];
-        d->member = malloc(m->len + 1);
-        if (!d->member) continue;
+        if (!(d->member = malloc(m->len + 1))) continue;
         memcpy(d->member, m->str, m->len);
         d->member[m->len] = '\0';
         d->member_len = m->len;
-        snprintf(d->score, sizeof d->score, "%.*s", (int)s->len, s->str);
+        snprintf(d->score, sizeof d->score, "%.*s", (int)sc->len, sc->str);
         d->stale = now_ms - strtoll(d->score, NULL, 10) > late;
     }
 out:
@@ -363,76 +392,150 @@ out:
     return n;
 }
 
-/* Removes entries [0, n) of one partition's set where still due as read. */
+/* Removes entries [0, n) of one partition's set where still due as read,
+ * with one script call. Returns 0 or -1. */
 static int trigger_remove(triggers *t, int32_t partition, const trigger_due *d, long n,
                           char *errstr, size_t errlen) {
+    size_t argc = 4, k = 0; /* EVAL, the script, the key count, the key */
+    for (long i = 0; i < n; i++) argc += d[i].member ? 2 : 0;
+    if (argc == 4) return 0;
+    const char **argv = malloc(argc * sizeof *argv);
+    size_t *len = malloc(argc * sizeof *len);
+    int rc = -1;
+    if (!argv || !len) {
+        util_err(errstr, errlen, "out of memory");
+        goto out;
+    }
     triggers_due_key(t->prefix, partition, &t->key);
-    long queued = 0;
+    argv[k] = "EVAL", len[k++] = 4;
+    argv[k] = trigger_remove_lua, len[k++] = sizeof trigger_remove_lua - 1;
+    argv[k] = "1", len[k++] = 1;
+    argv[k] = t->key.p, len[k++] = t->key.len;
     for (long i = 0; i < n; i++) {
         if (!d[i].member) continue;
-        const char *argv[] = {"EVAL", trigger_remove_lua, "1", t->key.p, d[i].member, d[i].score};
-        size_t len[] = {4, sizeof trigger_remove_lua - 1, 1, t->key.len, d[i].member_len,
-                        strlen(d[i].score)};
-        if (rconn_append(t->redis, errstr, errlen, 6, argv, len) < 0) return -1;
-        queued++;
+        argv[k] = d[i].member, len[k++] = d[i].member_len;
+        argv[k] = d[i].score, len[k++] = strlen(d[i].score);
     }
-    int rc = 0;
-    for (long i = 0; i < queued; i++) {
-        redisReply *r = rconn_get(t->redis, errstr, errlen);
-        if (!r) return -1;
-        if (r->type == REDIS_REPLY_ERROR && !rc) {
-            util_err(errstr, errlen, "redis EVAL: %s", r->str);
-            rc = -1;
-        }
+    redisReply *r = rconn_command(t->redis, errstr, errlen, (int)k, argv, len);
+    if (r) {
         freeReplyObject(r);
+        rc = 0;
     }
+out:
+    free(argv);
+    free(len);
     return rc;
+}
+
+/* Finishes the batches whose messages the broker has answered: removes
+ * what went out (and what was stale or malformed); a batch with a failed
+ * message leaves its entries, produced again at a later look. */
+static int trigger_settle(triggers *t, char *errstr, size_t errlen) {
+    int rc = 0;
+    size_t keep = 0;
+    for (size_t i = 0; i < t->n_pending; i++) {
+        trigger_batch *b = &t->pending[i];
+        if (b->dr->acked + b->dr->failed < b->expected && rc == 0) {
+            t->pending[keep++] = *b;
+            continue;
+        }
+        if (rc == 0 && b->dr->failed)
+            log_warn("trigger", "%" PRIu64 " due triggers of partition %" PRId32
+                     " not delivered (%s): produced again later", b->dr->failed, b->partition,
+                     rd_kafka_err2str(b->dr->last_err));
+        else if (rc == 0 && trigger_remove(t, b->partition, b->d, b->n, errstr, errlen) < 0)
+            rc = -1;
+        trigger_due_free(b->d, b->n);
+        free(b->dr);
+    }
+    t->n_pending = keep;
+    return rc;
+}
+
+static int trigger_pending_on(const triggers *t, int32_t partition) {
+    for (size_t i = 0; i < t->n_pending; i++)
+        if (t->pending[i].partition == partition) return 1;
+    return 0;
 }
 
 long triggers_scan(triggers *t, rd_kafka_t *producer, const char *topic, int n_partitions,
                    const int32_t *owned, size_t n_owned, int64_t now_ms, int force, char *errstr,
                    size_t errlen) {
-    if (!force && now_ms - t->last_scan_ms < t->scan_interval_ms) return 0;
+    if (t->n_pending) {
+        rd_kafka_poll(producer, 0); /* delivery reports, ours among them */
+        if (trigger_settle(t, errstr, errlen) < 0) return -1;
+    }
+    /* Owning nothing yet (before the first assignment) is no look: the
+     * first partitions are looked at as soon as they come. */
+    if (n_owned == 0) return 0;
+    if (!force && !t->backlog && now_ms - t->last_scan_ms < t->scan_interval_ms) return 0;
     t->last_scan_ms = now_ms;
+    int backlog = t->backlog;
+    t->backlog = 0;
     if (n_partitions <= 0) return 0;
     long fired = 0;
     for (size_t k = 0; k < n_owned; k++) {
+        /* A partition whose last batch is still with the broker waits: its
+         * entries are still in the set, and would go out twice. */
+        if (trigger_pending_on(t, owned[k])) {
+            t->backlog |= backlog; /* still catching up: look again soon */
+            continue;
+        }
         trigger_due *d;
         long n = trigger_read_due(t, owned[k], now_ms, &d, errstr, errlen);
         if (n < 0) return -1;
-        kafka_delivery dr = {0};
-        uint64_t expected = 0;
-        int rc = 0;
-        for (long i = 0; i < n && rc >= 0; i++) {
+        if (n == 0) continue;
+        /* A full read leaves more behind (after a downtime, a burst of
+         * drops): look again as soon as this batch is acknowledged, rather
+         * than a whole interval later. */
+        if ((size_t)n == t->scan_max) t->backlog = 1;
+        if (t->n_pending == t->cap_pending) {
+            size_t cap = t->cap_pending ? 2 * t->cap_pending : 8;
+            trigger_batch *v = realloc(t->pending, cap * sizeof *v);
+            if (!v) {
+                trigger_due_free(d, n);
+                return util_err(errstr, errlen, "out of memory");
+            }
+            t->pending = v;
+            t->cap_pending = cap;
+        }
+        kafka_delivery *dr = calloc(1, sizeof *dr);
+        if (!dr) {
+            trigger_due_free(d, n);
+            return util_err(errstr, errlen, "out of memory");
+        }
+        trigger_batch *b = &t->pending[t->n_pending++];
+        *b = (trigger_batch){.partition = owned[k], .d = d, .n = n, .dr = dr};
+        for (long i = 0; i < n; i++) {
             if (!d[i].member) continue;
             if (d[i].stale) {
                 metrics_inc(MET_SUPPRESSED_STALE, 1);
                 continue;
             }
-            rc = trigger_fire(t, producer, topic, owned[k] % n_partitions, &d[i], &dr, errstr,
-                              errlen);
-            if (rc == 0) expected++;
-        }
-        /* Removed only once the broker has them: a trigger lost here would
-         * be lost for good. */
-        int64_t deadline = util_monotonic_us() + 60 * 1000000LL;
-        while (rc >= 0 && dr.acked + dr.failed < expected) {
-            rd_kafka_poll(producer, 5);
-            if (util_monotonic_us() > deadline) {
-                util_err(errstr, errlen, "no delivery report for due triggers after 60 s");
-                rc = -1;
+            int rc = trigger_fire(t, producer, topic, owned[k] % n_partitions, &d[i], dr, errstr,
+                                  errlen);
+            if (rc < 0) {
+                /* Those produced still count; the rest wait for a later look. */
+                b->n = i;
+                break;
             }
+            if (rc == 0) b->expected++;
         }
-        if (rc >= 0 && dr.failed) {
-            util_err(errstr, errlen, "%" PRIu64 " triggers not delivered: %s", dr.failed,
-                     rd_kafka_err2str(dr.last_err));
-            rc = -1;
-        }
-        if (rc >= 0) rc = trigger_remove(t, owned[k], d, n, errstr, errlen);
-        for (long i = 0; i < n; i++) free(d[i].member);
-        free(d);
-        if (rc < 0) return -1;
-        fired += (long)expected;
+        fired += (long)b->expected;
     }
+    /* Nothing to wait for: removed at once (stale or malformed entries). */
+    if (t->n_pending && trigger_settle(t, errstr, errlen) < 0) return -1;
     return fired;
+}
+
+void triggers_drain(triggers *t, rd_kafka_t *producer, int timeout_ms) {
+    char err[256];
+    int64_t deadline = util_monotonic_us() + (int64_t)timeout_ms * 1000;
+    while (t->n_pending && util_monotonic_us() < deadline) {
+        rd_kafka_poll(producer, 10);
+        if (trigger_settle(t, err, sizeof err) < 0) {
+            log_warn("trigger", "removing fired triggers: %s", err);
+            return;
+        }
+    }
 }
