@@ -21,7 +21,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         librdkafka1 libavro23 libhiredis0.14 libopenblas0 libjansson4 libmicrohttpd12 \
-        libxxhash0 libinih1 ca-certificates \
+        libxxhash0 libinih1 tzdata ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --no-create-home --shell /usr/sbin/nologin copystream
 COPY --from=build /src/build/copystream /opt/copystream/copystream

@@ -138,6 +138,11 @@ typedef struct bandit bandit;
 bandit *bandit_new(const config *c, const templates *t, const char *copy_topic, char *errstr,
                    size_t errlen);
 void bandit_free(bandit *b);
+/* Copies made for delayed triggers (intent.h) have ids
+ * <topic>:<partition>:<offset> of the triggers topic and are recorded at
+ * partition + INTENT_TRIGGER_PARTITION_BASE: reactions naming them are
+ * attributed too. Returns 0 or -1 (memory). */
+int bandit_set_trigger_topic(bandit *b, const char *topic);
 /* Connects to Redis (redis.*) if need be and reads the statistics now, in
  * one round trip per intent (start-up). Returns 0, or -1 with errstr. */
 int bandit_refresh(bandit *b, char *errstr, size_t errlen);

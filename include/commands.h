@@ -23,6 +23,8 @@ int eval_main(int argc, char **argv);     /* rank held-out events with a model (
 int report_main(int argc, char **argv);   /* copy variants' performance (report.c) */
 int replay_main(int argc, char **argv);   /* make a time range's copies again (replay.c) */
 int rebuild_main(int argc, char **argv);  /* recompute users' state into a new prefix (replay.c) */
+int forget_main(int argc, char **argv);   /* erase everything kept about a user (privacy.c) */
+int consent_main(int argc, char **argv);  /* a user's opt-out or opt-in (privacy.c) */
 
 /* The config path a command uses when -c is not given. */
 const char *commands_default_config(void);

@@ -50,8 +50,9 @@ int kafka_produce(rd_kafka_t *p, const char *topic, const void *key, size_t key_
                   void *msg_opaque, char *errstr, size_t errlen);
 
 /* Creates the configured topics that do not exist yet: clickstream,
- * reactions, copy and the dead-letter topic with topic.partitions partitions,
- * catalog compacted. Existing topics are left alone. Returns 0 or -1. */
+ * reactions, copy, the dead-letter, triggers and control topics with
+ * topic.partitions partitions, catalog compacted, control kept one day.
+ * Existing topics are left alone. Returns 0 or -1. */
 int kafka_create_topics(const config *c, char *errstr, size_t errlen);
 
 /* Makes sure the topics a producer will write to exist, and warms its

@@ -37,6 +37,16 @@ typedef enum {
     MET_SUPPRESSED_RENDER_ERROR,
     MET_SUPPRESSED_HOLDOUT,
     MET_SUPPRESSED_NO_CONSENT,
+    MET_SUPPRESSED_QUIET_HOURS,
+    MET_SUPPRESSED_CAP_HOUR,
+    MET_SUPPRESSED_CAP_DAY,
+    MET_SUPPRESSED_REPEAT,
+    MET_SUPPRESSED_MISSING_FIELD,
+    MET_SUPPRESSED_TOO_LONG,
+    MET_SUPPRESSED_BANNED_PHRASE,
+    MET_SUPPRESSED_ALREADY_BOUGHT,
+    MET_SUPPRESSED_PRICE_RESTORED,
+    MET_SUPPRESSED_STALE,
     MET_REDIS_ERR_CONNECTION,     /* copystream_redis_errors_total{kind=...} */
     MET_REDIS_ERR_TIMEOUT,
     MET_REDIS_ERR_REPLY,
@@ -55,6 +65,18 @@ typedef enum {
     MET_REACTIONS_ATTRIBUTED,     /* copystream_reactions_attributed_total{result=...} */
     MET_REACTIONS_LATE,
     MET_REACTIONS_UNKNOWN,
+    MET_TRIGGERS_CART_REMINDER,   /* copystream_triggers_fired_total{intent=...} */
+    MET_TRIGGERS_PRICE_DROP,
+    MET_TRIGGERS_DEFERRED,        /* copystream_triggers_deferred_total */
+    MET_COPIES_RECOMMENDATION,    /* copystream_copies_by_intent_total{intent=...}, in */
+    MET_COPIES_CART_REMINDER,     /* intent_kind order */
+    MET_COPIES_CROSS_SELL,
+    MET_COPIES_RE_ENGAGEMENT,
+    MET_COPIES_PRICE_DROP,
+    MET_CONTROL_FORGET,           /* copystream_control_messages_total{type=...} */
+    MET_CONTROL_OPT_OUT,
+    MET_CONTROL_OPT_IN,
+    MET_CONTROL_INVALID,
     MET__COUNT
 } metric_id;
 

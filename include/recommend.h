@@ -53,6 +53,8 @@ int recommend_dim(const recommender *r);
  * failed batch, whose speculative states may be ahead of Redis). */
 void recommend_drop_partition(recommender *r, int32_t partition);
 void recommend_clear(recommender *r);
+/* Drops the model state cached for one user (a forget request). */
+void recommend_forget(recommender *r, const char *user_id);
 
 /* One user's work in a batch. st is the state after the batch's events were
  * applied; seq_before its seq_total before. The k = st->seq_total -

@@ -109,6 +109,18 @@ typedef struct {
 store_status store_write_send(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
                               size_t np, char *errstr, size_t errlen);
 
+/* Queues one more command (copied) to go out with the next
+ * store_write_send(), in its pipeline: the indexes other modules keep beside
+ * the users' hashes (trigger.c's due sets and watchers), made durable before
+ * the batch that staged them is committed. Their replies are checked by
+ * store_write_wait() like the rest: an error fails the batch. They must be
+ * idempotent, since a failed batch stages them again. Returns 0 or -1
+ * (memory; nothing queued). */
+int store_stage(store *st, int argc, const char **argv, const size_t *argvlen);
+/* Drops the staged commands (after a failed batch: its re-run stages them
+ * again). */
+void store_unstage(store *st);
+
 /* Reads the replies of the last store_write_send(). STORE_OK with
  * *conflicts = 0 means every write was applied as sent. A conflict (the hash
  * had another version: another instance wrote it) or an error means the
@@ -122,6 +134,10 @@ int store_write_pending(const store *st);
 /* store_write_send() then store_write_wait(). */
 store_status store_write_batch(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
                                size_t np, size_t *conflicts, char *errstr, size_t errlen);
+
+/* The key of user_id's hash under prefix (see the key layout above) into out,
+ * appended: for the modules that must find it without a store (privacy.c). */
+void store_user_key_for(const char *prefix, const char *user_id, buf *out);
 
 /* Calls fn for every outbox index entry of partition with an offset below
  * `below` (one round trip). The user id is not NUL-terminated. */

@@ -58,7 +58,7 @@ typedef struct {
     uint32_t ts_s;
 } us_seen;
 
-enum { US_TOPIC_CLICKSTREAM = 0, US_TOPIC_REACTIONS = 1 };
+enum { US_TOPIC_CLICKSTREAM = 0, US_TOPIC_REACTIONS = 1, US_TOPIC_TRIGGERS = 2 };
 
 typedef struct {
     uint8_t topic;            /* US_TOPIC_* */
@@ -97,6 +97,13 @@ typedef struct {
     uint32_t until_s;         /* event time, Unix seconds */
 } us_dismissed;
 
+/* Copies counted against the frequency caps (policy.h): in the user's
+ * current local hour and local day, numbered from the epoch. */
+typedef struct {
+    uint32_t hour, n_hour;
+    uint32_t day, n_day;
+} us_freq;
+
 /* Which parts changed since load, so that a write sends only those fields. */
 enum {
     US_DIRTY_SEQ = 1 << 0,
@@ -110,6 +117,7 @@ enum {
     US_DIRTY_OUTBOX = 1 << 8,
     US_DIRTY_COPYRECS = 1 << 9,
     US_DIRTY_OPTOUT = 1 << 10, /* dismissed items, consent */
+    US_DIRTY_POLICY = 1 << 11, /* frequency counters, recently promoted items */
 };
 
 typedef struct {
@@ -139,6 +147,9 @@ typedef struct {
     us_dismissed *dismissed;  /* [n_dismissed] */
     size_t n_dismissed, cap_dismissed;
     int64_t unsub_ms;         /* event time of the user's unsubscribe; 0: consent stands */
+    us_freq freq;             /* copies in the current local hour and day */
+    us_dismissed *promoted;   /* [n_promoted] items promoted lately, not again until */
+    size_t n_promoted, cap_promoted;
     unsigned dirty;           /* US_DIRTY_* since load */
 } user_state;
 
@@ -176,14 +187,23 @@ int userstate_apply_click(user_state *s, const userstate_params *p, const click_
 int userstate_apply_reaction(user_state *s, const userstate_params *p, const reaction *r,
                              int32_t partition, int64_t offset);
 
+/* Applies a delayed trigger (intent.h) read at (partition, offset) of the
+ * triggers topic: advances that watermark and remembers its id like an
+ * event id, so that a trigger produced twice (its scanner crashed between
+ * producing it and removing it from Redis) is an upstream duplicate within
+ * dedup.window_s. Returns like userstate_apply_click. */
+int userstate_apply_trigger(user_state *s, const userstate_params *p, const char *trigger_id,
+                            int64_t ts_ms, int32_t partition, int64_t offset);
+
 /* The affinity scores of v decayed to event time at_s (v is not changed). */
 float userstate_affinity_at(const us_affinities *v, uint64_t key, uint32_t at_s,
                             double half_life_s);
 
 int userstate_has_bought(const user_state *s, uint64_t item);
 
-/* May item not be promoted to the user at event time at_s: bought, or
- * dismissed until after at_s? The strategies' exclusion rule. */
+/* May item not be promoted to the user at event time at_s: bought,
+ * dismissed until after at_s, or promoted too lately to repeat (until after
+ * at_s)? The strategies' exclusion rule. */
 int userstate_excluded(const user_state *s, uint64_t item, uint32_t at_s);
 
 /* Remembers a copy record (made by the caller), dropping records whose event
@@ -201,6 +221,13 @@ const us_copyrec *userstate_copyrec_last(const user_state *s, int64_t at_ms);
  * an item dismissed twice). Entries expired at now_s are dropped, and beyond
  * max the ones expiring first. Returns 0 or -1 (memory; s unchanged). */
 int userstate_dismiss(user_state *s, uint64_t item, uint32_t until_s, uint32_t now_s, size_t max);
+/* Remembers that item was promoted and is not to be promoted again until
+ * until_s, like userstate_dismiss() (its own list, at most max). */
+int userstate_promoted(user_state *s, uint64_t item, uint32_t until_s, uint32_t now_s,
+                       size_t max);
+/* Was item promoted lately (not to be again before until, after at_s)? */
+int userstate_is_repeat(const user_state *s, uint64_t item, uint32_t at_s);
+
 /* Records an unsubscribe at event time ts_ms: no copy is made for the user
  * from then on. The earliest unsubscribe counts. */
 void userstate_revoke_consent(user_state *s, int64_t ts_ms);
@@ -221,10 +248,12 @@ int64_t userstate_watermark(const user_state *s, uint8_t topic, int32_t partitio
  * Field names: "seq", "cat", "attr", "buy", "seen" (versioned binary blobs),
  * "sq" (events ever appended to seq),
  * "n.<event type>", "r.<reaction type>", "dup" (counters, decimal), "t0",
- * "t1", "lc" (event times in ms), "loc" (locale), "w.c.<partition>" and
- * "w.r.<partition>" (applied offsets of clickstream and reactions) and
+ * "t1", "lc" (event times in ms), "loc" (locale), "w.c.<partition>",
+ * "w.r.<partition>" and "w.t.<partition>" (applied offsets of clickstream,
+ * reactions and triggers) and
  * "o.<partition>.<offset>" (outbox copies), "cp" and "dis" (copy records and
- * dismissed items, versioned blobs) and "ns" (unsubscribe event time, ms).
+ * dismissed items, versioned blobs), "ns" (unsubscribe event time, ms), "fq"
+ * (frequency counters) and "rp" (items promoted lately).
  * "v", the CAS version, belongs to store.c and is not among them. */
 typedef struct {
     char name[48];

@@ -11,7 +11,7 @@ cd "$ROOT"
 packages=(
     build-essential pkg-config clang libclang-rt-14-dev llvm valgrind
     librdkafka-dev libavro-dev libhiredis-dev libopenblas-dev libjansson-dev libmicrohttpd-dev
-    libxxhash-dev libinih-dev libcmocka-dev
+    libxxhash-dev libinih-dev libcmocka-dev tzdata
     redis-server python3 python3-venv
 )
 

@@ -32,6 +32,7 @@
 #include <sys/time.h>
 
 #include "dict.h"
+#include "intent.h"
 #include "log.h"
 #include "store.h"
 #include "util.h"
@@ -221,6 +222,7 @@ typedef struct {
 struct bandit {
     const templates *tpl;
     char *copy_topic;
+    char *trigger_topic;      /* copies of delayed triggers name it; NULL: none */
     /* settings */
     int uniform;              /* bandit.policy = uniform */
     bandit_prior prior;
@@ -534,6 +536,7 @@ void bandit_free(bandit *b) {
     for (size_t i = 0; i < BANDIT_QUEUE; i++) free(b->sealed[i].v);
     free(b->field_index);
     free(b->copy_topic);
+    free(b->trigger_topic);
     free(b->host);
     buf_free(&b->arena);
     free(b->argv);
@@ -626,8 +629,12 @@ static int bandit_parse_copy_id(const char *id, const char *topic, int32_t *part
     return 0;
 }
 
-bandit_attribution bandit_attribute(const user_state *u, const reaction *r, const char *copy_topic,
-                                    int64_t window_ms, const us_copyrec **rec) {
+/* bandit_attribute(), also knowing the copies that delayed triggers caused:
+ * their ids name trigger_topic (NULL: none), and they are recorded at the
+ * partition past INTENT_TRIGGER_PARTITION_BASE. */
+static bandit_attribution bandit_attribute_any(const user_state *u, const reaction *r,
+                                               const char *copy_topic, const char *trigger_topic,
+                                               int64_t window_ms, const us_copyrec **rec) {
     *rec = NULL;
     const us_copyrec *c = NULL;
     if (r->copy_id && r->copy_id[0]) {
@@ -635,12 +642,29 @@ bandit_attribution bandit_attribute(const user_state *u, const reaction *r, cons
         int64_t offset;
         if (bandit_parse_copy_id(r->copy_id, copy_topic, &partition, &offset) == 0)
             c = userstate_copyrec_find(u, partition, offset);
+        else if (trigger_topic &&
+                 bandit_parse_copy_id(r->copy_id, trigger_topic, &partition, &offset) == 0 &&
+                 partition < INTENT_TRIGGER_PARTITION_BASE)
+            c = userstate_copyrec_find(u, partition + INTENT_TRIGGER_PARTITION_BASE, offset);
     } else if (r->type == RX_CONVERT) {
         c = userstate_copyrec_last(u, r->ts_ms);
     }
     if (!c) return BANDIT_UNKNOWN;
     *rec = c;
     return r->ts_ms - c->ts_ms > window_ms ? BANDIT_LATE : BANDIT_ATTRIBUTED;
+}
+
+bandit_attribution bandit_attribute(const user_state *u, const reaction *r, const char *copy_topic,
+                                    int64_t window_ms, const us_copyrec **rec) {
+    return bandit_attribute_any(u, r, copy_topic, NULL, window_ms, rec);
+}
+
+int bandit_set_trigger_topic(bandit *b, const char *topic) {
+    char *t = strdup(topic);
+    if (!t) return -1;
+    free(b->trigger_topic);
+    b->trigger_topic = t;
+    return 0;
 }
 
 /* What a reaction adds to its copy's counters (a click or a dismissal shows
@@ -665,7 +689,8 @@ static uint32_t bandit_seconds(int64_t ms) {
 int bandit_on_reaction(bandit *b, user_state *u, const reaction *r, int outcome) {
     if (outcome != US_APPLIED && outcome != US_ALREADY_APPLIED) return BANDIT_UNKNOWN;
     const us_copyrec *rec;
-    bandit_attribution at = bandit_attribute(u, r, b->copy_topic, b->window_ms, &rec);
+    bandit_attribution at =
+        bandit_attribute_any(u, r, b->copy_topic, b->trigger_topic, b->window_ms, &rec);
     /* Copy what is needed: the effects below may move the records. */
     us_copyrec c = rec ? *rec : (us_copyrec){0};
     if (at == BANDIT_ATTRIBUTED) {

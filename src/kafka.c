@@ -209,7 +209,8 @@ int kafka_produce(rd_kafka_t *p, const char *topic, const void *key, size_t key_
 }
 
 static const char *kafka_topic_keys[] = {"topic.clickstream", "topic.reactions", "topic.copy",
-                                         "topic.dead_letter", "topic.catalog"};
+                                         "topic.dead_letter", "topic.catalog", "topic.triggers",
+                                         "topic.control"};
 
 /* Waits until every partition of topic has a leader in rk's metadata.
  * Returns 0, or -1 with errstr after timeout_ms. */
@@ -264,6 +265,11 @@ int kafka_create_topics(const config *c, char *errstr, size_t errlen) {
          * latest version of every item for instances that start later. */
         if (strcmp(kafka_topic_keys[i], "topic.catalog") == 0)
             rd_kafka_NewTopic_set_config(topics[i], "cleanup.policy", "compact");
+        /* A control message names a user who asked to be forgotten: it is
+         * read by the instances running when it arrives and need not (must
+         * not) outlive that by much. */
+        if (strcmp(kafka_topic_keys[i], "topic.control") == 0)
+            rd_kafka_NewTopic_set_config(topics[i], "retention.ms", "86400000");
     }
     rd_kafka_CreateTopics(rk, topics, n, opts, q);
     ev = rd_kafka_queue_poll(q, 60000);

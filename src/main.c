@@ -24,6 +24,8 @@ static void main_usage(FILE *f) {
             "  report    how each copy variant performs: CTR, conversions, lift vs holdout\n"
             "  replay    make the copies of a time range again, apart from the live service\n"
             "  rebuild-state  recompute users' state from the input into a new key prefix\n"
+            "  forget    erase everything kept about a user (Redis, tombstones, running instances)\n"
+            "  consent   record a user's opt-out or opt-in\n"
             "  config    print the effective configuration (secrets masked)\n"
             "  version   print the version\n",
             COPYSTREAM_VERSION);
@@ -54,7 +56,8 @@ int main(int argc, char **argv) {
         {"run", run_main},       {"topics", topics_main}, {"loadgen", loadgen_main},
         {"import", import_main}, {"tail", tail_main},     {"config", config_main},
         {"train", train_main},   {"eval", eval_main},     {"replay", replay_main},
-        {"rebuild-state", rebuild_main}, {"report", report_main},
+        {"rebuild-state", rebuild_main}, {"report", report_main}, {"forget", forget_main},
+        {"consent", consent_main},
     };
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
         !strcmp(argv[1], "help")) {

@@ -165,6 +165,10 @@ void recommend_drop_partition(recommender *r, int32_t partition) {
 
 void recommend_clear(recommender *r) { kvcache_clear(r->kc); }
 
+void recommend_forget(recommender *r, const char *user_id) {
+    model_kv_free(kvcache_take(r->kc, user_id));
+}
+
 /* ---- tokens -------------------------------------------------------------- */
 
 static void rec_tokens_reset(recommender *r) {

@@ -62,33 +62,38 @@
 #include "config.h"
 #include "dict.h"
 #include "httpd.h"
+#include "intent.h"
 #include "kafka.h"
 #include "log.h"
 #include "metrics.h"
+#include "policy.h"
+#include "privacy.h"
 #include "range.h"
 #include "recommend.h"
 #include "service.h"
 #include "store.h"
 #include "strategy.h"
 #include "template.h"
+#include "trigger.h"
 #include "userstate.h"
 #include "util.h"
 
-#define SVC_INTENT "recommendation"
-
-/* The strategies, as copies and metrics name them. */
-enum { SVC_AFFINITY = 0, SVC_TRANSFORMER, SVC__STRATEGIES };
-static const char *const svc_strategy_names[SVC__STRATEGIES] = {"affinity", "transformer"};
+/* The strategies, as copies and metrics name them; a delayed trigger's copy
+ * promotes the item the trigger is about. */
+enum { SVC_AFFINITY = 0, SVC_TRANSFORMER, SVC_TRIGGERED, SVC__STRATEGIES };
+static const char *const svc_strategy_names[SVC__STRATEGIES] = {"affinity", "transformer",
+                                                                "trigger"};
 
 /* Copies published, by how they were made: one of the strategies, or an
  * outbox copy published again for a redelivered event. */
 enum { SVC_REPUBLISHED = SVC__STRATEGIES, SVC__KINDS };
-static const char *const svc_kind_names[SVC__KINDS] = {"affinity", "transformer", "republished"};
+static const char *const svc_kind_names[SVC__KINDS] = {"affinity", "transformer", "trigger",
+                                                       "republished"};
 
-enum { SVC_CLICK = 1, SVC_REACTION, SVC_DEAD };
+enum { SVC_CLICK = 1, SVC_REACTION, SVC_TRIGGER, SVC_DEAD };
 
 /* Reasons a due copy is not made, as counted in svc_flight. */
-#define SVC_N_SUPPRESSED (MET_SUPPRESSED_NO_CONSENT - MET_SUPPRESSED_MIN_INTERVAL + 1)
+#define SVC_N_SUPPRESSED (MET_SUPPRESSED_STALE - MET_SUPPRESSED_MIN_INTERVAL + 1)
 
 typedef struct svc_user svc_user;
 
@@ -96,8 +101,11 @@ typedef struct svc_item {
     rd_kafka_message_t *msg;  /* owned until the batch ends */
     int64_t polled_us;
     int kind;                 /* SVC_* ; 0 until decoded */
-    click_event click;        /* when kind == SVC_CLICK */
+    click_event click;        /* when kind == SVC_CLICK; for SVC_TRIGGER its id, user,
+                               * item and due time, so that copies are made alike */
     reaction rx;              /* when kind == SVC_REACTION */
+    trigger trig;             /* when kind == SVC_TRIGGER */
+    int intent;               /* the intent of the copy it triggers; -1: none */
     svc_user *user;
     struct svc_item *next;    /* the user's next item in this batch */
     int outcome;              /* US_* of the last apply */
@@ -146,7 +154,7 @@ typedef struct {
 } svc_assigned;
 
 typedef struct {
-    int topic;                /* 0 clickstream, 1 reactions */
+    int topic;                /* 0 clickstream, 1 reactions, 2 triggers */
     int32_t partition;
     int64_t min, max;         /* offsets seen in this batch */
 } svc_span;
@@ -179,8 +187,10 @@ typedef struct {
     size_t n_polled;
     uint64_t events[EV__COUNT], reactions[RX__COUNT], dead[CODEC__COUNT];
     uint64_t skipped_dup, skipped_redelivered;
+    uint64_t triggers;        /* trigger messages consumed */
     uint64_t suppressed[SVC_N_SUPPRESSED]; /* by MET_SUPPRESSED_* - MET_SUPPRESSED_MIN_INTERVAL */
     uint64_t attributed[BANDIT__ATTRIBUTIONS]; /* new reactions, by attribution */
+    uint64_t by_intent[INTENT__COUNT];         /* new copies, by intent */
     uint64_t *copies;         /* [n_locales][SVC__KINDS] copies published, by locale and kind */
 } svc_flight;
 
@@ -188,8 +198,6 @@ typedef struct svc {
     const config *cfg;
     /* settings */
     userstate_params up;
-    unsigned trigger_mask;
-    int64_t min_interval_ms;
     size_t copy_items, max_reasons;
     char **locales;
     size_t n_locales;
@@ -198,15 +206,20 @@ typedef struct svc {
     int batch_wait_ms;
     int64_t shutdown_ms;
     int64_t exit_when_idle_ms;
-    const char *t_click, *t_react, *t_copy, *t_dlq, *t_catalog;
+    const char *t_click, *t_react, *t_copy, *t_dlq, *t_catalog, *t_trig, *t_control;
+    intent_rules rules;
+    int trig_partitions;      /* of t_trig */
     /* parts */
     codec *codec;
     catalog *catalog;
     templates *tpl;
     bandit *bandit;           /* variant choice, attribution, shared statistics */
+    triggers *trig;           /* delayed triggers: scheduling, price drops, firing */
+    policy *pol;              /* consent, quiet hours, caps, no repeats */
+    privacy *priv;            /* forget and consent requests, applied to Redis */
     store *store;
     cache *cache;
-    rd_kafka_t *consumer, *catalog_consumer, *producer;
+    rd_kafka_t *consumer, *catalog_consumer, *control_consumer, *producer;
     kafka_delivery dr;        /* producer-wide delivery counts */
     httpd *http;
     /* the batch */
@@ -221,6 +234,7 @@ typedef struct svc {
     svc_flight flight[3];     /* see svc_flight */
     uint64_t batches;         /* batches staged so far; flight[batches % 3] is next */
     rd_kafka_topic_t *rkt_react; /* the reactions topic's handle, to tell messages apart */
+    rd_kafka_topic_t *rkt_trig;  /* the triggers topic's */
     buf scratch, text;
     svc_snap *snaps;          /* [n_snaps] (capacity batch_max): due copies' snapshots */
     size_t n_snaps;
@@ -243,6 +257,8 @@ typedef struct svc {
     size_t n_purges_sent;     /* the first ones, riding on the write in flight */
     int64_t *committed;       /* next offset to consume, by clickstream partition */
     size_t n_committed;
+    int64_t *committed_trig;  /* the same for the triggers topic's partitions */
+    size_t n_committed_trig;
     /* assignment */
     svc_assigned *assigned;
     size_t n_assigned, cap_assigned;
@@ -250,7 +266,7 @@ typedef struct svc {
     int64_t last_lag_us;
     int backoff_ms;
     /* totals for the exit summary */
-    uint64_t total_events, total_reactions, total_copies, total_dead;
+    uint64_t total_events, total_reactions, total_triggers, total_copies, total_dead;
     int64_t first_poll_us, last_commit_us;
     /* a bounded run (replay, rebuild-state; service.h), or NULL */
     range *range;
@@ -317,12 +333,6 @@ static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
     s->up.dedup_window_ms = config_int(c, "dedup.window_s") * 1000;
     s->up.dedup_max_ids = (size_t)config_int(c, "dedup.max_ids");
 
-    size_t n;
-    char **types = svc_split(config_str(c, "copy.trigger_types"), &n);
-    if (!types) return util_err(errstr, errlen, "out of memory");
-    for (size_t i = 0; i < n; i++) s->trigger_mask |= 1u << event_type_parse(types[i]);
-    svc_free_split(types);
-    s->min_interval_ms = config_int(c, "copy.min_interval_s") * 1000;
     s->copy_items = (size_t)config_int(c, "copy.items");
     s->max_reasons = (size_t)config_int(c, "copy.max_reasons");
     if (s->copy_items > STRATEGY_MAX_PICKS) s->copy_items = STRATEGY_MAX_PICKS;
@@ -343,6 +353,9 @@ static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
     s->t_copy = config_str(c, "topic.copy");
     s->t_dlq = config_str(c, "topic.dead_letter");
     s->t_catalog = config_str(c, "topic.catalog");
+    s->t_trig = config_str(c, "topic.triggers");
+    s->t_control = config_str(c, "topic.control");
+    if (intent_rules_load(&s->rules, c, errstr, errlen) < 0) return -1;
     s->model_path = config_str(c, "model.path");
     s->model_min_events = (uint64_t)config_int(c, "model.min_events");
     s->reload_check_us = config_int(c, "model.reload_check_s") * 1000000;
@@ -478,21 +491,34 @@ static void svc_add_ref(svc *s, const char *user_id, int32_t partition, int64_t 
     svc_ref_push(&s->refs, &s->n_refs, &s->cap_refs, user_id, strlen(user_id), partition, offset);
 }
 
+/* Committed offsets by copy position: a clickstream partition, or a
+ * triggers partition past INTENT_TRIGGER_PARTITION_BASE. */
 static int64_t svc_committed(const svc *s, int32_t partition) {
+    if (partition >= INTENT_TRIGGER_PARTITION_BASE) {
+        size_t p = (size_t)(partition - INTENT_TRIGGER_PARTITION_BASE);
+        return p < s->n_committed_trig ? s->committed_trig[p] : -1;
+    }
     return partition >= 0 && (size_t)partition < s->n_committed ? s->committed[partition] : -1;
 }
 
 static void svc_set_committed(svc *s, int32_t partition, int64_t next_offset) {
     if (partition < 0) return;
-    if ((size_t)partition >= s->n_committed) {
-        size_t n = (size_t)partition + 1;
-        int64_t *v = realloc(s->committed, n * sizeof *v);
-        if (!v) return;
-        for (size_t i = s->n_committed; i < n; i++) v[i] = -1;
-        s->committed = v;
-        s->n_committed = n;
+    int64_t **arr = &s->committed;
+    size_t *len = &s->n_committed;
+    if (partition >= INTENT_TRIGGER_PARTITION_BASE) {
+        partition -= INTENT_TRIGGER_PARTITION_BASE;
+        arr = &s->committed_trig;
+        len = &s->n_committed_trig;
     }
-    if (next_offset > s->committed[partition]) s->committed[partition] = next_offset;
+    if ((size_t)partition >= *len) {
+        size_t n = (size_t)partition + 1;
+        int64_t *v = realloc(*arr, n * sizeof *v);
+        if (!v) return;
+        for (size_t i = *len; i < n; i++) v[i] = -1;
+        *arr = v;
+        *len = n;
+    }
+    if (next_offset > (*arr)[partition]) (*arr)[partition] = next_offset;
 }
 
 static void svc_clear_purges(svc *s) {
@@ -626,6 +652,30 @@ static int svc_dead_letter(svc *s, svc_flight *f, svc_item *it, codec_status why
     return 0;
 }
 
+/* A trigger message into it->trig, and the click fields copies are made
+ * from. Returns CODEC_OK, or why it cannot be used. */
+static codec_status svc_decode_trigger(svc_item *it, const rd_kafka_message_t *m, char *why,
+                                       size_t whylen) {
+    if (!m->payload || !m->len) return CODEC_ERR_EMPTY;
+    if (trigger_decode(m->payload, m->len, &it->trig, why, whylen) < 0) return CODEC_ERR_MALFORMED;
+    if (!it->trig.id) {
+        util_err(why, whylen, "a trigger message needs id, ts and since");
+        trigger_clear(&it->trig);
+        return CODEC_ERR_INVALID;
+    }
+    click_event *e = &it->click;
+    e->ts_ms = it->trig.ts_ms;
+    e->type = EV_VIEW;
+    if (!(e->event_id = strdup(it->trig.id)) || !(e->user_id = strdup(it->trig.user_id)) ||
+        !(e->item_id = strdup(it->trig.item_id))) {
+        click_event_clear(e);
+        trigger_clear(&it->trig);
+        util_err(why, whylen, "out of memory");
+        return CODEC_ERR_MALFORMED;
+    }
+    return CODEC_OK;
+}
+
 static int svc_decode(svc *s, svc_flight *f, svc_item *it) {
     const rd_kafka_message_t *m = it->msg;
     char why[256] = "";
@@ -633,6 +683,9 @@ static int svc_decode(svc *s, svc_flight *f, svc_item *it) {
     if (m->rkt == s->rkt_react) {
         st = codec_decode_reaction(s->codec, m->payload, m->len, &it->rx, why, sizeof why);
         if (st == CODEC_OK) it->kind = SVC_REACTION;
+    } else if (m->rkt == s->rkt_trig) {
+        st = svc_decode_trigger(it, m, why, sizeof why);
+        if (st == CODEC_OK) it->kind = SVC_TRIGGER;
     } else {
         st = codec_decode_click(s->codec, m->payload, m->len, &it->click, why, sizeof why);
         if (st == CODEC_OK) it->kind = SVC_CLICK;
@@ -663,12 +716,32 @@ static strategy_params svc_params(const svc *s, const svc_item *it, const user_s
     };
 }
 
+/* The position a copy caused by item it is recorded at (outbox field, copy
+ * record, bandit marker): its source partition, or for a trigger its
+ * partition past INTENT_TRIGGER_PARTITION_BASE, so that the two topics'
+ * offsets never meet. */
+static int32_t svc_pos(const svc_item *it) {
+    return it->kind == SVC_TRIGGER ? it->msg->partition + INTENT_TRIGGER_PARTITION_BASE
+                                   : it->msg->partition;
+}
+
+/* The suppression reason of a failed render. */
+static int svc_render_reason(int rc) {
+    switch (rc) {
+    case TEMPLATE_MISSING_FIELD: return MET_SUPPRESSED_MISSING_FIELD;
+    case TEMPLATE_TOO_LONG: return MET_SUPPRESSED_TOO_LONG;
+    case TEMPLATE_BANNED: return MET_SUPPRESSED_BANNED_PHRASE;
+    default: return MET_SUPPRESSED_RENDER_ERROR;
+    }
+}
+
 /* Renders and encodes the copy of item it from the strategy's result r, in
  * locale, and puts it in the user's outbox. Returns 1 when a copy was made,
  * 0 when none could be (it->suppressed says why), -1 when memory runs out. */
 static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const char *locale) {
     svc_user *u = it->user;
     const click_event *e = &it->click;
+    const char *intent = intent_name(it->intent);
     if (r->n_picks == 0) {
         it->suppressed = MET_SUPPRESSED_NO_CANDIDATES + 1;
         return 0;
@@ -697,21 +770,35 @@ static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const 
         /* A category reason has no phrase: the template's fallback speaks for it. */
         if (r->reasons[i].text && r->reasons[i].text[0]) shown[n_shown++] = reasons[i];
     }
-    template_input in = {items, r->n_picks, shown, n_shown};
+    const catalog_entry *subject =
+        e->item_id && e->item_id[0] ? catalog_get(s->catalog, util_hash(e->item_id)) : NULL;
+    template_input in = {
+        .items = items,
+        .n_items = r->n_picks,
+        .reasons = shown,
+        .n_reasons = n_shown,
+        .trigger_title =
+            subject ? localized_find(subject->item.titles, subject->item.n_titles, locale) : NULL,
+        .has_old_price = it->kind == SVC_TRIGGER && it->trig.has_old_price,
+        .old_price_micros = it->trig.old_price_micros,
+    };
     const char *template_id = NULL, *variant_id = NULL;
     char why[256];
     buf_reset(&s->text);
     uint64_t arm;
-    size_t choice = bandit_choose(s->bandit, SVC_INTENT, locale, it->segment,
+    size_t choice = bandit_choose(s->bandit, intent, locale, it->segment,
                                   util_hash(e->event_id), &arm);
-    if (templates_render(s->tpl, SVC_INTENT, locale, choice, &in, &s->text, &template_id,
-                         &variant_id, why, sizeof why) < 0) {
-        log_warn("service", "no copy for event %s of user %s: %s", e->event_id, u->user_id, why);
-        it->suppressed = MET_SUPPRESSED_RENDER_ERROR + 1;
+    int rc = templates_render(s->tpl, intent, locale, choice, &in, &s->text, &template_id,
+                              &variant_id, why, sizeof why);
+    if (rc < 0) {
+        log_warn("service", "no %s copy for event %s of user %s: %s", intent, e->event_id,
+                 u->user_id, why);
+        it->suppressed = svc_render_reason(rc) + 1;
         return 0;
     }
     char copy_id[256];
     const rd_kafka_message_t *m = it->msg;
+    int32_t pos = svc_pos(it);
     snprintf(copy_id, sizeof copy_id, "%s:%" PRId32 ":%" PRId64, rd_kafka_topic_name(m->rkt),
              m->partition, m->offset);
     personalized_copy pc = {
@@ -727,7 +814,7 @@ static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const 
         .n_items = r->n_picks,
         .reasons = reasons,
         .n_reasons = r->n_reasons,
-        .intent = SVC_INTENT,
+        .intent = (char *)intent,
         .template_id = (char *)template_id,
         .variant_id = (char *)variant_id,
         .strategy = (char *)svc_strategy_names[it->strategy],
@@ -740,11 +827,53 @@ static int svc_build_copy(svc *s, svc_item *it, const strategy_result *r, const 
         it->suppressed = MET_SUPPRESSED_RENDER_ERROR + 1;
         return 0;
     }
-    if (userstate_outbox_add(&u->st, m->partition, m->offset, s->scratch.p, s->scratch.len) < 0 ||
-        bandit_copy_made(s->bandit, &u->st, m->partition, m->offset, e->ts_ms, arm,
-                         util_hash(items[0].item_id), it->segment, 0) < 0)
+    uint64_t promoted[STRATEGY_MAX_PICKS];
+    for (size_t i = 0; i < r->n_picks; i++) promoted[i] = r->picks[i].entry->item_hash;
+    if (userstate_outbox_add(&u->st, pos, m->offset, s->scratch.p, s->scratch.len) < 0 ||
+        bandit_copy_made(s->bandit, &u->st, pos, m->offset, e->ts_ms, arm,
+                         util_hash(items[0].item_id), it->segment, 0) < 0 ||
+        policy_promoted(s->pol, &u->st, promoted, r->n_picks, e->ts_ms) < 0)
         return -1;
     return 1;
+}
+
+/* What item it, just applied to u, calls for: sets it->intent (-1: no copy)
+ * and, for a trigger that no longer holds, it->suppressed. Returns 0 or -1
+ * (memory). */
+static int svc_apply_item(svc *s, svc_user *u, svc_item *it) {
+    const rd_kafka_message_t *m = it->msg;
+    int r;
+    it->intent = -1;
+    if (it->kind == SVC_TRIGGER) {
+        r = userstate_apply_trigger(&u->st, &s->up, it->trig.id, it->trig.ts_ms, m->partition,
+                                    m->offset);
+        if (r < 0) return -1;
+        it->outcome = r;
+        if (r == US_APPLIED && s->rules.enabled[it->trig.intent]) {
+            it->intent = it->trig.intent;
+            int why = intent_check_trigger(&s->rules, s->catalog, &u->st, &it->trig);
+            if (why) it->suppressed = why + 1;
+        }
+        return 0;
+    }
+    const click_event *e = &it->click;
+    const catalog_entry *ce =
+        e->item_id && e->item_id[0] ? catalog_get(s->catalog, util_hash(e->item_id)) : NULL;
+    uint64_t before = u->st.seq_total;
+    int64_t prev_last_ms = u->st.last_ms;
+    r = userstate_apply_click(&u->st, &s->up, e, ce ? ce->attr_hashes : NULL,
+                              ce ? ce->item.n_attrs : 0, m->partition, m->offset);
+    if (r < 0) return -1;
+    it->outcome = r;
+    if (u->st.seq_total != before) it->seq_pos = u->st.seq_total;
+    /* A redelivered add to cart schedules its reminder again: the first
+     * attempt's schedule may not have reached Redis. */
+    if ((r == US_APPLIED || r == US_ALREADY_APPLIED) &&
+        triggers_on_event(s->trig, u->user_id, m->partition, e, &u->st, r) < 0)
+        return -1;
+    if (r == US_APPLIED)
+        it->intent = intent_of_event(&s->rules, s->catalog, &u->st, e, prev_last_ms);
+    return 0;
 }
 
 /* Applies the user's items, in order, to u->st. A copy that is due moves the
@@ -769,40 +898,44 @@ static int svc_apply_user(svc *s, svc_user *u) {
             if (r == US_APPLIED) it->attribution = at + 1;
             continue;
         }
+        if (svc_apply_item(s, u, it) < 0) return -1;
         const click_event *e = &it->click;
-        const catalog_entry *ce =
-            e->item_id && e->item_id[0] ? catalog_get(s->catalog, util_hash(e->item_id)) : NULL;
-        uint64_t before = u->st.seq_total;
-        int r = userstate_apply_click(&u->st, &s->up, e, ce ? ce->attr_hashes : NULL,
-                                      ce ? ce->item.n_attrs : 0, m->partition, m->offset);
-        if (r < 0) return -1;
-        it->outcome = r;
-        if (u->st.seq_total != before) it->seq_pos = u->st.seq_total;
-        if (r == US_ALREADY_APPLIED) {
+        int32_t pos = svc_pos(it);
+        if (it->outcome == US_ALREADY_APPLIED) {
             /* Applied before a crash or a failed batch: if it caused a copy,
              * that copy is still in the outbox and goes out again, as is. */
-            it->publish = userstate_outbox_find(&u->st, m->partition, m->offset) != NULL;
-            if (bandit_copy_again(s->bandit, &u->st, m->partition, m->offset) < 0) return -1;
+            it->publish = userstate_outbox_find(&u->st, pos, m->offset) != NULL;
+            if (bandit_copy_again(s->bandit, &u->st, pos, m->offset) < 0) return -1;
             continue;
         }
-        if (r != US_APPLIED || !(s->trigger_mask & (1u << e->type))) continue;
-        if (u->st.unsub_ms) {
-            it->suppressed = MET_SUPPRESSED_NO_CONSENT + 1;
+        if (it->outcome != US_APPLIED || it->intent < 0 || it->suppressed) continue;
+        int why = policy_check(s->pol, &u->st, e->ts_ms);
+        if (why == MET_SUPPRESSED_QUIET_HOURS && it->kind == SVC_TRIGGER) {
+            /* A reminder or a price drop is not lost to the night: it goes
+             * back to Redis, due when the quiet hours end. */
+            if (triggers_defer(s->trig, &it->trig, m->partition,
+                               policy_quiet_until(s->pol, u->st.locale, e->ts_ms)) < 0)
+                return -1;
             continue;
         }
-        if (u->st.last_copy_ms && e->ts_ms - u->st.last_copy_ms < s->min_interval_ms) {
-            it->suppressed = MET_SUPPRESSED_MIN_INTERVAL + 1;
+        if (why) {
+            it->suppressed = why + 1;
             continue;
         }
-        u->st.last_copy_ms = e->ts_ms;
-        u->st.dirty |= US_DIRTY_META;
+        if (it->kind == SVC_TRIGGER &&
+            policy_is_repeat(s->pol, &u->st, util_hash(it->trig.item_id), e->ts_ms)) {
+            it->suppressed = MET_SUPPRESSED_REPEAT + 1;
+            continue;
+        }
+        policy_count(s->pol, &u->st, e->ts_ms);
         it->segment = bandit_segment_of(&u->st);
         if (bandit_in_holdout(s->bandit, u->user_id)) {
             /* Withheld, but remembered like a copy: the conversions that
              * follow it measure what copy is worth. */
             it->suppressed = MET_SUPPRESSED_HOLDOUT + 1;
-            uint64_t arm = bandit_holdout_arm(SVC_INTENT, svc_locale(s, u->st.locale));
-            if (bandit_copy_made(s->bandit, &u->st, m->partition, m->offset, e->ts_ms, arm, 0,
+            uint64_t arm =
+                bandit_holdout_arm(intent_name(it->intent), svc_locale(s, u->st.locale));
+            if (bandit_copy_made(s->bandit, &u->st, pos, m->offset, e->ts_ms, arm, 0,
                                  it->segment, 1) < 0)
                 return -1;
             continue;
@@ -810,16 +943,22 @@ static int svc_apply_user(svc *s, svc_user *u) {
         /* A replay's warm-up before its range: state only, as live (the
          * holdout's records included), no copies */
         if (!svc_copy_wanted(s, m)) continue;
-        if (s->rec && it->seq_pos >= s->model_min_events) {
+        strategy_params sp = svc_params(s, it, &u->st);
+        strategy_result res;
+        if (it->kind == SVC_TRIGGER) {
+            /* A reminder or a price drop is about its item, whatever else
+             * the strategies would pick. */
+            if (intent_subject(s->catalog, &u->st, &sp, it->trig.item_id, &res) < 0) return -1;
+            it->strategy = SVC_TRIGGERED;
+        } else if (s->rec && it->seq_pos >= s->model_min_events) {
             svc_snap *sn = &s->snaps[s->n_snaps];
             if (userstate_copy_prefs(&sn->prefs, &u->st) < 0) return -1;
             it->snap = (long)s->n_snaps++;
             continue;
+        } else {
+            if (strategy_affinity(s->catalog, &u->st, &sp, &res) < 0) return -1;
+            it->strategy = SVC_AFFINITY;
         }
-        strategy_params sp = svc_params(s, it, &u->st);
-        strategy_result res;
-        if (strategy_affinity(s->catalog, &u->st, &sp, &res) < 0) return -1;
-        it->strategy = SVC_AFFINITY;
         int made = svc_build_copy(s, it, &res, sp.locale);
         if (made < 0) return -1;
         it->publish = made;
@@ -923,14 +1062,15 @@ static void svc_flight_reset(svc_flight *f, size_t n_locales) {
     memset(f->events, 0, sizeof f->events);
     memset(f->reactions, 0, sizeof f->reactions);
     memset(f->dead, 0, sizeof f->dead);
-    f->skipped_dup = f->skipped_redelivered = 0;
+    f->skipped_dup = f->skipped_redelivered = f->triggers = 0;
     memset(f->suppressed, 0, sizeof f->suppressed);
     memset(f->attributed, 0, sizeof f->attributed);
+    memset(f->by_intent, 0, sizeof f->by_intent);
     memset(f->copies, 0, n_locales * SVC__KINDS * sizeof *f->copies);
 }
 
 static svc_span *svc_span_for(svc *s, svc_flight *f, const rd_kafka_message_t *m) {
-    int t = m->rkt == s->rkt_react ? 1 : 0;
+    int t = m->rkt == s->rkt_react ? 1 : m->rkt == s->rkt_trig ? 2 : 0;
     for (size_t i = 0; i < f->n_spans; i++)
         if (f->spans[i].topic == t && f->spans[i].partition == m->partition) return &f->spans[i];
     if (f->n_spans == f->cap_spans) {
@@ -946,7 +1086,7 @@ static svc_span *svc_span_for(svc *s, svc_flight *f, const rd_kafka_message_t *m
 }
 
 static const char *svc_span_topic(const svc *s, const svc_span *sp) {
-    return sp->topic ? s->t_react : s->t_click;
+    return sp->topic == 2 ? s->t_trig : sp->topic ? s->t_react : s->t_click;
 }
 
 /* Frees the batch's messages, records and states. keep_states: return the
@@ -963,6 +1103,7 @@ static void svc_end_batch(svc *s, int keep_states) {
     for (size_t i = 0; i < s->n_items; i++) {
         click_event_clear(&s->items[i].click);
         reaction_clear(&s->items[i].rx);
+        trigger_clear(&s->items[i].trig);
         rd_kafka_message_destroy(s->items[i].msg);
     }
     metrics_set(MET_STATE_CACHE_BYTES, (int64_t)cache_bytes(s->cache));
@@ -1069,8 +1210,8 @@ static int svc_renew_producer(svc *s) {
     rd_kafka_destroy(s->producer);
     memset(&s->dr, 0, sizeof s->dr);
     s->producer = kafka_producer_new(s->cfg, &s->dr, err, sizeof err);
-    const char *outputs[] = {s->t_copy, s->t_dlq};
-    if (!s->producer || kafka_producer_prepare(s->producer, outputs, 2, 10000, err, sizeof err)) {
+    const char *outputs[] = {s->t_copy, s->t_dlq, s->t_trig};
+    if (!s->producer || kafka_producer_prepare(s->producer, outputs, 3, 10000, err, sizeof err)) {
         log_error("service", "cannot recreate the producer: %s", err);
         return -1;
     }
@@ -1097,6 +1238,9 @@ static int svc_commit(svc *s, const svc_flight *f) {
         for (int i = 0; i < l->cnt; i++) {
             if (strcmp(l->elems[i].topic, s->t_click) == 0)
                 svc_set_committed(s, l->elems[i].partition, l->elems[i].offset);
+            else if (strcmp(l->elems[i].topic, s->t_trig) == 0)
+                svc_set_committed(s, l->elems[i].partition + INTENT_TRIGGER_PARTITION_BASE,
+                                  l->elems[i].offset);
             if (s->range)
                 range_done(s->range, svc_topic_kind(s, l->elems[i].topic), l->elems[i].partition,
                            l->elems[i].offset);
@@ -1114,12 +1258,15 @@ static void svc_flight_tally(svc *s, svc_flight *f) {
         f->polled_us[f->n_polled++] = it->polled_us;
         if (it->kind == SVC_CLICK) f->events[it->click.type]++;
         else if (it->kind == SVC_REACTION) f->reactions[it->rx.type]++;
+        else if (it->kind == SVC_TRIGGER) f->triggers++;
         else f->dead[it->dead]++;
         f->skipped_dup += it->outcome == US_DUPLICATE;
         f->skipped_redelivered += it->outcome == US_ALREADY_APPLIED;
         if (it->suppressed) f->suppressed[it->suppressed - 1 - MET_SUPPRESSED_MIN_INTERVAL]++;
         if (it->attribution) f->attributed[it->attribution - 1]++;
-        if (it->publish && it->kind == SVC_CLICK) {
+        if (it->publish && it->outcome == US_APPLIED && it->intent >= 0)
+            f->by_intent[it->intent]++;
+        if (it->publish && (it->kind == SVC_CLICK || it->kind == SVC_TRIGGER)) {
             const char *loc = svc_locale(s, it->user->st.locale);
             int kind = it->outcome == US_ALREADY_APPLIED ? SVC_REPUBLISHED : it->strategy;
             for (size_t k = 0; k < s->n_locales; k++)
@@ -1145,12 +1292,15 @@ static void svc_flight_report(svc *s, const svc_flight *f, int64_t now_us) {
         metrics_inc_dead_letter((codec_status)k, f->dead[k]);
         s->total_dead += f->dead[k];
     }
+    s->total_triggers += f->triggers;
     metrics_inc(MET_SKIPPED_DUPLICATE, f->skipped_dup);
     metrics_inc(MET_SKIPPED_REDELIVERED, f->skipped_redelivered);
     for (int k = 0; k < SVC_N_SUPPRESSED; k++)
         metrics_inc((metric_id)(MET_SUPPRESSED_MIN_INTERVAL + k), f->suppressed[k]);
     for (int k = 0; k < BANDIT__ATTRIBUTIONS; k++)
         metrics_inc((metric_id)(MET_REACTIONS_ATTRIBUTED + k), f->attributed[k]);
+    for (int k = 0; k < INTENT__COUNT; k++)
+        metrics_inc((metric_id)(MET_COPIES_RECOMMENDATION + k), f->by_intent[k]);
     for (size_t k = 0; k < s->n_locales; k++)
         for (int kind = 0; kind < SVC__KINDS; kind++) {
             uint64_t n = f->copies[k * SVC__KINDS + (size_t)kind];
@@ -1250,7 +1400,7 @@ static int svc_decode_batch(svc *s, svc_flight *f, char *err, size_t errlen) {
         if (it->msg->offset > sp->max) sp->max = it->msg->offset;
         if (svc_decode(s, f, it) < 0) return util_err(err, errlen, "dead-lettering failed");
         if (it->kind == SVC_DEAD) continue;
-        const char *uid = it->kind == SVC_CLICK ? it->click.user_id : it->rx.user_id;
+        const char *uid = it->kind == SVC_REACTION ? it->rx.user_id : it->click.user_id;
         svc_user *u = dict_get(s->user_index, uid);
         if (!u) {
             u = &s->users[s->n_users++];
@@ -1259,8 +1409,10 @@ static int svc_decode_batch(svc *s, svc_flight *f, char *err, size_t errlen) {
             u->part[0] = u->part[1] = -1;
             if (dict_set(s->user_index, uid, u) < 0) return util_err(err, errlen, "out of memory");
         }
-        u->part[it->kind == SVC_REACTION ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM] =
-            it->msg->partition;
+        /* A trigger tags no partition: its user's events are elsewhere. */
+        if (it->kind != SVC_TRIGGER)
+            u->part[it->kind == SVC_REACTION ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM] =
+                it->msg->partition;
         it->user = u;
         if (u->last) u->last->next = it; else u->first = it;
         u->last = it;
@@ -1294,8 +1446,7 @@ static int svc_send(svc *s, svc_flight *f, char *err, size_t errlen) {
     for (size_t i = 0; i < s->n_items; i++) {
         svc_item *it = &s->items[i];
         if (!it->publish) continue;
-        const us_outbox *o =
-            userstate_outbox_find(&it->user->st, it->msg->partition, it->msg->offset);
+        const us_outbox *o = userstate_outbox_find(&it->user->st, svc_pos(it), it->msg->offset);
         if (!o) continue;
         size_t klen = strlen(it->user->user_id);
         if (buf_put_u32le(&f->pub, (uint32_t)klen) ||
@@ -1304,7 +1455,7 @@ static int svc_send(svc *s, svc_flight *f, char *err, size_t errlen) {
             buf_append(&f->pub, o->msg.p, o->msg.len))
             return util_err(err, errlen, "out of memory");
         if (it->outcome == US_APPLIED)
-            svc_add_ref(s, it->user->user_id, it->msg->partition, it->msg->offset);
+            svc_add_ref(s, it->user->user_id, svc_pos(it), it->msg->offset);
     }
     store_outbox_ref *purges = svc_purge_views(s);
     size_t np = purges ? s->n_purges : 0;
@@ -1347,6 +1498,7 @@ static void svc_recover(svc *s) {
         rd_kafka_flush(s->producer, 30000);
     }
     bandit_discard(s->bandit);
+    store_unstage(s->store);
     svc_rewind(s);
     svc_end_batch(s, 0);
     for (int k = 0; k < 3; k++) svc_flight_reset(&s->flight[k], s->n_locales);
@@ -1453,12 +1605,15 @@ static void svc_outbox_found(const char *user_id, size_t user_len, int64_t offse
 static void svc_sweep_outbox(svc *s, rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(parts->cnt);
     for (int i = 0; i < parts->cnt; i++)
-        if (strcmp(parts->elems[i].topic, s->t_click) == 0)
+        if (strcmp(parts->elems[i].topic, s->t_click) == 0 ||
+            strcmp(parts->elems[i].topic, s->t_trig) == 0)
             rd_kafka_topic_partition_list_add(l, parts->elems[i].topic, parts->elems[i].partition);
     rd_kafka_resp_err_t err = l->cnt ? rd_kafka_committed(rk, l, 10000) : 0;
     if (err) log_warn("service", "fetching committed offsets: %s", rd_kafka_err2str(err));
     for (int i = 0; !err && i < l->cnt; i++) {
-        int32_t p = l->elems[i].partition;
+        /* Copies caused by triggers are kept at positions of their own. */
+        int32_t p = l->elems[i].partition +
+                    (strcmp(l->elems[i].topic, s->t_trig) ? 0 : INTENT_TRIGGER_PARTITION_BASE);
         int64_t committed = l->elems[i].offset;
         if (l->elems[i].err || committed < 0) continue;
         svc_set_committed(s, p, committed);
@@ -1508,9 +1663,12 @@ static void svc_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         for (int i = 0; i < parts->cnt; i++) {
             const char *topic = parts->elems[i].topic;
             int32_t p = parts->elems[i].partition;
-            cache_drop_partition(s->cache, svc_topic_kind(s, topic), p);
+            if (strcmp(topic, s->t_trig) != 0) /* no cached state is tagged with it */
+                cache_drop_partition(s->cache, svc_topic_kind(s, topic), p);
             if (s->rec && strcmp(topic, s->t_click) == 0) recommend_drop_partition(s->rec, p);
             if (strcmp(topic, s->t_click) == 0) svc_refs_drop_partition(s, p);
+            if (strcmp(topic, s->t_trig) == 0)
+                svc_refs_drop_partition(s, p + INTENT_TRIGGER_PARTITION_BASE);
             metrics_drop_lag(topic, p);
             svc_remove_assigned(s, topic, p);
         }
@@ -1547,7 +1705,7 @@ static void svc_catalog_apply(svc *s, rd_kafka_message_t *m) {
         }
     } else {
         catalog_item item = {0};
-        char why[256] = "";
+        char why[512] = "";
         codec_status st = codec_decode_catalog(s->codec, m->payload, m->len, &item, why,
                                                sizeof why);
         if (st != CODEC_OK) {
@@ -1560,11 +1718,28 @@ static void svc_catalog_apply(svc *s, rd_kafka_message_t *m) {
             metrics_inc(MET_KAFKA_ERR_CONSUME, 1);
             return;
         }
+        /* What a price drop is measured against, before the upsert frees it. */
+        const catalog_entry *prev = catalog_get(s->catalog, util_hash(item.item_id));
+        catalog_item before = {0};
+        if (prev && prev->item.has_price && prev->item.currency) {
+            before = (catalog_item){.item_id = item.item_id, .has_price = 1,
+                                    .price_micros = prev->item.price_micros,
+                                    .currency = strdup(prev->item.currency)};
+        }
+        uint64_t hash = util_hash(item.item_id);
         if (catalog_upsert(s->catalog, &item) < 0) {
             log_error("service", "catalog: out of memory");
             catalog_item_clear(&item);
+            free(before.currency);
             return;
         }
+        const catalog_entry *now = catalog_get(s->catalog, hash);
+        if (before.currency && now &&
+            triggers_on_catalog(s->trig, &before, &now->item, m->partition, m->offset, why,
+                                sizeof why) < 0)
+            log_error("service", "price drop of %s not fanned out (again at the next start): %s",
+                      now->item.item_id, why);
+        free(before.currency);
     }
     metrics_inc(MET_CATALOG_UPDATES, 1);
 }
@@ -1611,6 +1786,75 @@ static int svc_catalog_start(svc *s, char *errstr, size_t errlen) {
     free(eof);
     metrics_set(MET_CATALOG_ITEMS, (int64_t)catalog_count(s->catalog));
     log_info("service", "catalog loaded: %zu items", catalog_count(s->catalog));
+    return 0;
+}
+
+/* ---- control messages ------------------------------------------------------- */
+
+/* Applies one control message (privacy.h): once the batches in flight are
+ * settled -- so that no write of the user is pending -- drops what this
+ * instance holds of the user in memory and applies the request to Redis.
+ * Every instance does so; the Redis side is idempotent. */
+static void svc_control_apply(svc *s, rd_kafka_message_t *m) {
+    if (m->err) {
+        if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            log_warn("service", "control consumer: %s", rd_kafka_message_errstr(m));
+        return;
+    }
+    privacy_request req = {0};
+    char err[512];
+    if (privacy_parse(m->payload, m->len, &req, err, sizeof err) < 0) {
+        log_warn("service", "control %s[%" PRId32 "]@%" PRId64 " ignored: %s",
+                 rd_kafka_topic_name(m->rkt), m->partition, m->offset, err);
+        metrics_inc(MET_CONTROL_INVALID, 1);
+        return;
+    }
+    svc_settle(s);
+    user_state st;
+    userstate_init(&st);
+    if (cache_take(s->cache, req.user_id, &st)) userstate_clear(&st);
+    if (s->rec) recommend_forget(s->rec, req.user_id);
+    if (privacy_apply(s->priv, &req, err, sizeof err) < 0)
+        log_error("service", "%s of user %s not applied to Redis: %s (`copystream %s` does it)",
+                  privacy_action_name(req.action), req.user_id, err,
+                  req.action == PRIVACY_FORGET ? "forget" : "consent");
+    else
+        log_info("service", "%s of user %s applied", privacy_action_name(req.action), req.user_id);
+    metrics_inc((metric_id)(MET_CONTROL_FORGET + req.action), 1);
+    privacy_request_clear(&req);
+}
+
+static void svc_control_poll(svc *s) {
+    for (int i = 0; i < 100; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(s->control_consumer, 0);
+        if (!m) break;
+        svc_control_apply(s, m);
+        rd_kafka_message_destroy(m);
+    }
+}
+
+/* Follows the control topic from its end as it is now: a request published
+ * before this instance started is not this instance's to apply (it holds
+ * nothing of the user yet, and replaying an old forget would erase what the
+ * user did since). The end is read now, not left to librdkafka, so that a
+ * request published right after start-up is not skipped. */
+static int svc_control_start(svc *s, char *errstr, size_t errlen) {
+    int n = kafka_partition_count(s->control_consumer, s->t_control, 10000, errstr, errlen);
+    if (n < 0) return -1;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++) {
+        int64_t lo, hi;
+        rd_kafka_resp_err_t e =
+            rd_kafka_query_watermark_offsets(s->control_consumer, s->t_control, p, &lo, &hi, 10000);
+        if (e) {
+            rd_kafka_topic_partition_list_destroy(l);
+            return util_err(errstr, errlen, "%s[%d]: %s", s->t_control, p, rd_kafka_err2str(e));
+        }
+        rd_kafka_topic_partition_list_add(l, s->t_control, p)->offset = hi;
+    }
+    rd_kafka_resp_err_t err = rd_kafka_assign(s->control_consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) return util_err(errstr, errlen, "assigning %s: %s", s->t_control, rd_kafka_err2str(err));
     return 0;
 }
 
@@ -1728,6 +1972,21 @@ static int svc_range_finished(const svc *s) {
     return s->range && range_all_reached(s->range) && !s->n_items && !svc_in_flight(s);
 }
 
+/* Produces the delayed triggers that are due in the clickstream partitions
+ * this instance owns (trigger.h), at most every trigger.scan_interval_ms. */
+static void svc_scan_triggers(svc *s) {
+    int32_t *owned = malloc((s->n_assigned + 1) * sizeof *owned);
+    if (!owned) return; /* the next look will do */
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_assigned; i++)
+        if (strcmp(s->assigned[i].topic, s->t_click) == 0) owned[n++] = s->assigned[i].partition;
+    char err[512];
+    if (triggers_scan(s->trig, s->producer, s->t_trig, s->trig_partitions, owned, n,
+                      util_now_ms(), 0, err, sizeof err) < 0)
+        log_warn("service", "producing due triggers: %s (again at the next look)", err);
+    free(owned);
+}
+
 static int svc_loop(svc *s) {
     s->last_activity_us = util_monotonic_us();
     while (!svc_stop_requested) {
@@ -1739,6 +1998,8 @@ static int svc_loop(svc *s) {
         }
         svc_maybe_reload(s);
         svc_catalog_poll(s, 10000);
+        svc_control_poll(s);
+        svc_scan_triggers(s);
         if (svc_collect(s)) {
             if (svc_process_batch(s) < 0) {
                 int64_t until = util_monotonic_us() + (int64_t)s->backoff_ms * 1000;
@@ -1776,10 +2037,17 @@ static void svc_free(svc *s) {
         rd_kafka_consumer_close(s->catalog_consumer);
         rd_kafka_destroy(s->catalog_consumer);
     }
+    if (s->control_consumer) {
+        rd_kafka_consumer_close(s->control_consumer);
+        rd_kafka_destroy(s->control_consumer);
+    }
     if (s->producer) rd_kafka_destroy(s->producer);
     store_free(s->store);
     cache_free(s->cache);
     bandit_free(s->bandit);
+    triggers_free(s->trig);
+    policy_free(s->pol);
+    privacy_free(s->priv);
     templates_free(s->tpl);
     catalog_free(s->catalog);
     codec_free(s->codec);
@@ -1802,6 +2070,7 @@ static void svc_free(svc *s) {
         buf_free(&s->flight[k].pub);
     }
     if (s->rkt_react) rd_kafka_topic_destroy(s->rkt_react);
+    if (s->rkt_trig) rd_kafka_topic_destroy(s->rkt_trig);
     buf_free(&s->scratch);
     buf_free(&s->text);
     for (size_t i = 0; i < s->n_refs; i++) free(s->refs[i].user_id);
@@ -1809,6 +2078,7 @@ static void svc_free(svc *s) {
     svc_clear_purges(s);
     free(s->purges);
     free(s->committed);
+    free(s->committed_trig);
     for (size_t i = 0; i < s->n_assigned; i++) free(s->assigned[i].topic);
     free(s->assigned);
     svc_free_split(s->locales);
@@ -1822,6 +2092,7 @@ static int svc_shutdown(svc *s) {
     if (s->n_items && svc_process_batch(s) < 0) rc = 1;
     if (svc_settle(s) < 0) rc = 1;
     svc_flush_purges(s);
+    triggers_drain(s->trig, s->producer, 5000);
     rd_kafka_resp_err_t err = rd_kafka_consumer_close(s->consumer);
     if (err) {
         log_error("service", "closing the consumer: %s", rd_kafka_err2str(err));
@@ -1839,9 +2110,10 @@ static int svc_shutdown(svc *s) {
 /* Joins the consumer group on the input topics (the rebalance callback
  * takes it from there). */
 static int svc_subscribe(svc *s, char *errstr, size_t errlen) {
-    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(2);
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(3);
     rd_kafka_topic_partition_list_add(topics, s->t_click, RD_KAFKA_PARTITION_UA);
     rd_kafka_topic_partition_list_add(topics, s->t_react, RD_KAFKA_PARTITION_UA);
+    rd_kafka_topic_partition_list_add(topics, s->t_trig, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t kerr = rd_kafka_subscribe(s->consumer, topics);
     rd_kafka_topic_partition_list_destroy(topics);
     if (kerr) return util_err(errstr, errlen, "subscribing: %s", rd_kafka_err2str(kerr));
@@ -1912,6 +2184,13 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
     if (!(s.tpl = templates_load(config_str(cfg, "copy.templates"), (const char *const *)s.locales,
                                  s.n_locales, err, sizeof err)))
         goto startup_err;
+    /* Zones are read with TZ set, before any thread of ours or librdkafka's runs. */
+    if (!(s.pol = policy_new(cfg, err, sizeof err))) goto startup_err;
+    for (int k = 0; k < INTENT__COUNT; k++)
+        if (s.rules.enabled[k] && templates_require(s.tpl, intent_name(k),
+                                                    (const char *const *)s.locales, s.n_locales,
+                                                    err, sizeof err) < 0)
+            goto startup_err;
     s.catalog = catalog_new();
     s.cache = cache_new((size_t)config_int(cfg, "state.cache_mb") << 20);
     s.user_index = dict_new();
@@ -1954,16 +2233,24 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
      * connection error (tests/integration/test_faults.py). */
     signal(SIGPIPE, SIG_IGN);
     if (!(s.store = opt->state_in_memory ? store_new_memory(cfg, err, sizeof err)
-                                         : store_new(cfg, err, sizeof err)) ||
-        !(s.bandit = bandit_new(cfg, s.tpl, s.t_click, err, sizeof err)) ||
+                                         : store_new(cfg, err, sizeof err)))
+        goto startup_err;
+    if (!(s.trig = triggers_new(cfg, &s.rules, s.store, err, sizeof err)) ||
+        !(s.priv = privacy_new(cfg, err, sizeof err)))
+        goto startup_err;
+    if (!(s.bandit = bandit_new(cfg, s.tpl, s.t_click, err, sizeof err)) ||
+        bandit_set_trigger_topic(s.bandit, s.t_trig) < 0 ||
         bandit_refresh(s.bandit, err, sizeof err) < 0)
         goto startup_err;
     /* state kept in memory must leave Redis alone, the bandit's counts too */
     if (opt->state_in_memory) bandit_set_read_only(s.bandit);
     atomic_store(&s.redis_ok, 1);
     if (!(s.producer = kafka_producer_new(cfg, &s.dr, err, sizeof err))) goto startup_err;
-    const char *outputs[] = {s.t_copy, s.t_dlq};
-    if (kafka_producer_prepare(s.producer, outputs, 2, 10000, err, sizeof err) < 0)
+    const char *outputs[] = {s.t_copy, s.t_dlq, s.t_trig};
+    if (kafka_producer_prepare(s.producer, outputs, 3, 10000, err, sizeof err) < 0)
+        goto startup_err;
+    if ((s.trig_partitions = kafka_partition_count(s.producer, s.t_trig, 10000, err,
+                                                   sizeof err)) < 0)
         goto startup_err;
     if (!(s.consumer = kafka_consumer_new(cfg, group, s.range ? NULL : svc_rebalance_cb, &s, err,
                                           sizeof err)))
@@ -1971,7 +2258,9 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
     /* Messages carry their topic's handle: one pointer comparison per message
      * tells reactions from clicks. */
     s.rkt_react = rd_kafka_topic_new(s.consumer, s.t_react, NULL);
-    if (!(s.catalog_consumer = kafka_consumer_new(cfg, NULL, NULL, NULL, err, sizeof err)))
+    s.rkt_trig = rd_kafka_topic_new(s.consumer, s.t_trig, NULL);
+    if (!(s.catalog_consumer = kafka_consumer_new(cfg, NULL, NULL, NULL, err, sizeof err)) ||
+        !(s.control_consumer = kafka_consumer_new(cfg, NULL, NULL, NULL, err, sizeof err)))
         goto startup_err;
     metrics_start(COPYSTREAM_VERSION);
     int port = (int)config_int(cfg, "http.port");
@@ -1986,7 +2275,11 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
 
-    if (svc_catalog_start(&s, err, sizeof err) < 0) goto startup_err;
+    /* A bounded run (replay, rebuild-state) reads its range alone: no
+     * control messages, no triggers. */
+    if (svc_catalog_start(&s, err, sizeof err) < 0 ||
+        (!s.range && svc_control_start(&s, err, sizeof err) < 0))
+        goto startup_err;
     if (s.range) {
         if (svc_range_assign(&s, err, sizeof err) < 0) goto startup_err;
     } else if (svc_subscribe(&s, err, sizeof err) < 0) {
@@ -2002,10 +2295,13 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
     rc = svc_shutdown(&s);
     double busy_s = (double)(s.last_commit_us - s.first_poll_us) / 1e6;
     log_info("service",
-             "totals: events=%" PRIu64 " reactions=%" PRIu64 " copies=%" PRIu64
-             " dead_lettered=%" PRIu64 " busy_s=%.3f events_per_s=%.0f",
-             s.total_events, s.total_reactions, s.total_copies, s.total_dead, busy_s,
-             busy_s > 0 ? (double)(s.total_events + s.total_reactions + s.total_dead) / busy_s : 0);
+             "totals: events=%" PRIu64 " reactions=%" PRIu64 " triggers=%" PRIu64
+             " copies=%" PRIu64 " dead_lettered=%" PRIu64 " busy_s=%.3f events_per_s=%.0f",
+             s.total_events, s.total_reactions, s.total_triggers, s.total_copies, s.total_dead,
+             busy_s,
+             busy_s > 0 ? (double)(s.total_events + s.total_reactions + s.total_triggers +
+                                   s.total_dead) / busy_s
+                        : 0);
     if (rc == 0) log_info("service", "stopped cleanly");
     if (totals)
         *totals = (service_totals){s.total_events, s.total_reactions, s.total_copies, s.total_dead,

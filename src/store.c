@@ -54,6 +54,8 @@ struct store {
     size_t *pend_user;        /* [pending] offset of its user id in pend_names */
     size_t pend_cap;
     buf pend_names;
+    buf staged;               /* store_stage()d commands: (u32 argc, (u32 len, bytes)...)... */
+    size_t n_staged;
     userstate_fields fields;  /* scratch for encoding one write */
     buf keys;                 /* scratch for hash keys */
     const char **argv;        /* scratch argument vectors */
@@ -420,6 +422,7 @@ void store_free(store *st) {
     }
     free(st->prefix);
     userstate_fields_free(&st->fields);
+    buf_free(&st->staged);
     buf_free(&st->keys);
     free(st->argv);
     free(st->argvlen);
@@ -429,13 +432,17 @@ void store_free(store *st) {
     free(st);
 }
 
-static void store_user_key(const store *st, const char *user_id, buf *out) {
-    buf_printf(out, "%s:u:{", st->prefix);
+void store_user_key_for(const char *prefix, const char *user_id, buf *out) {
+    buf_printf(out, "%s:u:{", prefix);
     if (strpbrk(user_id, "{}"))
         buf_printf(out, "#%016" PRIx64, util_hash(user_id));
     else
         buf_puts(out, user_id);
     buf_puts(out, "}");
+}
+
+static void store_user_key(const store *st, const char *user_id, buf *out) {
+    store_user_key_for(st->prefix, user_id, out);
 }
 
 static int store_argv_reserve(store *st, size_t n) {
@@ -672,13 +679,58 @@ static void store_pending_add(store *st, int64_t expect, const char *user_id) {
     st->pending++;
 }
 
+int store_stage(store *st, int argc, const char **argv, const size_t *argvlen) {
+    size_t mark = st->staged.len;
+    int rc = buf_put_u32le(&st->staged, (uint32_t)argc);
+    for (int i = 0; i < argc && !rc; i++)
+        rc = buf_put_u32le(&st->staged, (uint32_t)argvlen[i]) ||
+             buf_append(&st->staged, argv[i], argvlen[i]);
+    if (rc) {
+        st->staged.len = mark;
+        return -1;
+    }
+    st->n_staged++;
+    return 0;
+}
+
+void store_unstage(store *st) {
+    buf_reset(&st->staged);
+    st->n_staged = 0;
+}
+
+/* Appends the staged commands and forgets them. Returns how many, or -1. */
+static int store_append_staged(store *st) {
+    const uint8_t *p = (const uint8_t *)st->staged.p;
+    size_t pos = 0, len = st->staged.len;
+    int n = 0;
+    while (pos < len) {
+        uint32_t argc, l;
+        if (buf_get_u32le(p, len, &pos, &argc) || store_argv_reserve(st, argc) < 0) return -1;
+        for (uint32_t a = 0; a < argc; a++) {
+            if (buf_get_u32le(p, len, &pos, &l)) return -1;
+            st->argv[a] = (const char *)p + pos;
+            st->argvlen[a] = l;
+            pos += l;
+        }
+        if (redisAppendCommandArgv(st->ctx, (int)argc, st->argv, st->argvlen) != REDIS_OK)
+            return -1;
+        n++;
+    }
+    store_unstage(st);
+    return n;
+}
+
 store_status store_write_send(store *st, store_write *w, size_t n, const store_outbox_ref *purge,
                               size_t np, char *errstr, size_t errlen) {
     if (st->pending)
         return util_err(errstr, errlen, "redis: a previous write is still pending"),
                STORE_FATAL;
-    if (n + np == 0) return STORE_OK;
-    if (st->mem) return store_mem_send(st, w, n, purge, np, errstr, errlen);
+    if (n + np + st->n_staged == 0) return STORE_OK;
+    /* a store in memory keeps no indexes beside the users' hashes */
+    if (st->mem) {
+        store_unstage(st);
+        return store_mem_send(st, w, n, purge, np, errstr, errlen);
+    }
     store_status status = store_connect(st, errstr, errlen);
     if (status != STORE_OK) return status;
     /* Commands: one ZADD per partition for the new outbox copies, ahead of
@@ -691,7 +743,7 @@ store_status store_write_send(store *st, store_write *w, size_t n, const store_o
         for (size_t k = 0; k < w[i].state->n_outbox; k++) n_new += w[i].state->outbox[k].fresh;
     buf_reset(&st->pend_names);
     store_idx *idx = malloc(((n_new > np ? n_new : np) + 1) * sizeof *idx);
-    if (!idx || store_pending_reserve(st, n + n_new + 2 * np + 1) < 0) goto oom;
+    if (!idx || store_pending_reserve(st, n + n_new + 2 * np + st->n_staged + 1) < 0) goto oom;
     size_t ni = 0;
     for (size_t i = 0; i < n; i++)
         for (size_t k = 0; k < w[i].state->n_outbox; k++)
@@ -717,6 +769,9 @@ store_status store_write_send(store *st, store_write *w, size_t n, const store_o
     c = np ? store_append_index(st, 0, idx, np) : 0;
     if (c < 0) goto oom;
     for (int j = 0; j < c; j++) store_pending_add(st, -1, NULL);
+    c = store_append_staged(st);
+    if (c < 0) goto oom;
+    for (int j = 0; j < c; j++) store_pending_add(st, -1, "(trigger index)");
     free(idx);
     /* Hand the commands to the socket now, so that Redis works on them while
      * the caller does something else. */

@@ -2,15 +2,20 @@
  *
  * inih reads the file; each `text` is compiled on the spot into segments,
  * literal text or a placeholder with its optional fallback, so every syntax
- * problem is found with the line it is on, and rendering is a walk over the
- * segments with no parsing left to do.
+ * problem is found with the line and column it is on, and rendering is a
+ * walk over the segments with no parsing left to do. Each segment remembers
+ * where it came from, so the checks that can only run once the whole file is
+ * read (channel limits, banned phrases: [channels] and [banned] may come
+ * after the templates) still point at a line and column.
  *
  * inih reads lines into a fixed buffer of INI_MAX_LINE bytes and would cut a
  * longer line silently in two, so lines are fed to it by read_line(), which
- * refuses overlong ones and also notes whether a line is indented: in inih an
- * indented line continues the previous value, which is how a long text is
- * written over several lines. Continuations are joined with a space between
- * ASCII text (English words) and directly otherwise (Chinese runs on). Two
+ * refuses overlong ones and also notes whether a line is indented and where
+ * it starts: inih hands values over as pointers into that line, so a value's
+ * column is its distance from the start. In inih an indented line continues
+ * the previous value, which is how a long text is written over several
+ * lines. Continuations are joined with a space between ASCII text (English
+ * words) and directly otherwise (Chinese runs o Two
  * more things inih would cut silently are refused as well: a line holding a
  * NUL byte (inih ends the line there, and fgets() would hide a long line
  * behind it) and a section name too long for inih's buffer (the template
@@ -18,6 +23,7 @@
  *
  * Locale rules (list punctuation, currency symbols) are small tables below;
  * a locale they do not know gets neutral forms rather than English ones. */
+#define _GNU_SOURCE /* strcasestr */
 #include "template.h"
 
 #include <ctype.h>
@@ -34,13 +40,27 @@
  * its ini.c; the header does not say) and cuts longer ones. */
 #define INI_MAX_SECTION 50
 
-typedef enum { F_LITERAL = -1, F_ITEM_TITLE, F_ITEM_PRICE, F_ITEMS_TITLES, F_REASONS } field;
+typedef enum {
+    F_LITERAL = -1,
+    F_ITEM_TITLE,
+    F_ITEM_PRICE,
+    F_ITEM_OLD_PRICE,
+    F_ITEMS_TITLES,
+    F_REASONS,
+    F_TRIGGER_TITLE,
+} field;
 
-static const char *const field_names[] = {"item.title", "item.price", "items.titles", "reasons"};
+static const char *const field_names[] = {"item.title",   "item.price", "item.old_price",
+                                          "items.titles", "reasons",    "trigger.title"};
+#define FIELD_LIST "item.title, item.price, item.old_price, items.titles, reasons, trigger.title"
+
+/* A field only one intent knows; NULL: every intent. */
+static const char *const field_intent[] = {NULL, NULL, "price_drop", NULL, NULL, NULL};
 
 typedef struct {
     field field;
     char *text;               /* the literal, or the fallback (NULL: none) */
+    int line, col;            /* where text starts in the file */
 } segment;
 
 typedef struct {
@@ -50,11 +70,32 @@ typedef struct {
     segment *segs;            /* [n_segs] */
     size_t n_segs, cap_segs;
     char last_byte;           /* last byte of the text so far, to join continuations */
+    int line;                 /* of the section's first key */
+    int text_line, text_col;  /* where the text starts */
+    char *channel;            /* as written; NULL: the default channel */
+    int channel_line, channel_col;
+    long limit;               /* its channel's limit in characters; 0: none */
+    const char *channel_name; /* the resolved channel ("" when none are declared) */
 } tmpl;
 
+typedef struct {
+    char *name;
+    long max_chars;
+} channel;
+
+typedef struct {
+    char *phrase;
+    int line, col;
+} banned;
+
 struct templates {
+    char *path;
     tmpl *v;                  /* [n], sorted by id: the variants of one (intent, locale) */
     size_t n, cap;            /* are adjacent and in variant-name order */
+    channel *channels;        /* [n_channels], in file order; the first is the default */
+    size_t n_channels, cap_channels;
+    banned *banned;           /* [n_banned] */
+    size_t n_banned, cap_banned;
 };
 
 typedef struct {
@@ -77,6 +118,12 @@ static const struct {
     {"en-US", "USD", "$"},
 };
 
+size_t templates_chars(const char *s, size_t len) {
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) n += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return n;
+}
+
 /* ---- templates ----------------------------------------------------------- */
 
 static void tmpl_clear(tmpl *tp) {
@@ -84,16 +131,22 @@ static void tmpl_clear(tmpl *tp) {
     free(tp->parts);
     for (size_t i = 0; i < tp->n_segs; i++) free(tp->segs[i].text);
     free(tp->segs);
+    free(tp->channel);
 }
 
 void templates_free(templates *t) {
     if (!t) return;
     for (size_t i = 0; i < t->n; i++) tmpl_clear(&t->v[i]);
     free(t->v);
+    for (size_t i = 0; i < t->n_channels; i++) free(t->channels[i].name);
+    free(t->channels);
+    for (size_t i = 0; i < t->n_banned; i++) free(t->banned[i].phrase);
+    free(t->banned);
+    free(t->path);
     free(t);
 }
 
-static segment *seg_add(tmpl *tp, field f, const char *text, size_t len) {
+static segment *seg_add(tmpl *tp, field f, const char *text, size_t len, int line, int col) {
     if (tp->n_segs == tp->cap_segs) {
         size_t cap = tp->cap_segs ? tp->cap_segs * 2 : 8;
         segment *v = realloc(tp->segs, cap * sizeof *v);
@@ -103,17 +156,22 @@ static segment *seg_add(tmpl *tp, field f, const char *text, size_t len) {
     }
     segment *s = &tp->segs[tp->n_segs];
     s->field = f;
+    s->line = line;
+    s->col = col;
     s->text = text ? strndup(text, len) : NULL;
     if (text && !s->text) return NULL;
     tp->n_segs++;
     return s;
 }
 
-/* Literals next to each other become one segment. */
-static int seg_add_literal(tmpl *tp, const char *s, size_t len) {
+/* A literal run joins the segment before it only when it continues it in
+ * the file, so that every segment's column stays exact. */
+static int seg_add_literal(tmpl *tp, const char *s, size_t len, int line, int col) {
     if (len == 0) return 0;
     segment *last = tp->n_segs ? &tp->segs[tp->n_segs - 1] : NULL;
-    if (!last || last->field != F_LITERAL) return seg_add(tp, F_LITERAL, s, len) ? 0 : -1;
+    if (!last || last->field != F_LITERAL || last->line != line ||
+        last->col + (int)templates_chars(last->text, strlen(last->text)) != col)
+        return seg_add(tp, F_LITERAL, s, len, line, col) ? 0 : -1;
     size_t old = strlen(last->text);
     char *t = realloc(last->text, old + len + 1);
     if (!t) return -1;
@@ -129,14 +187,16 @@ typedef struct {
     templates *t;
     FILE *f;
     int line;                 /* lines read so far */
+    const char *line_start;   /* the buffer read_line() filled: values point into it */
+    size_t line_len;          /* its length before inih cut it up with NULs */
     int indented;             /* the current line continues the previous value */
     int long_line;            /* the first line too long for inih; 0: none */
     int bad_line;             /* the first line inih would cut otherwise; 0: none */
     const char *bad_why;      /* and how */
     int max_line;             /* the longest line inih takes */
     size_t last;              /* 1 + index of the template the previous text went to */
-    int err_line;             /* the first problem found by on_text(); 0: none */
-    char err[256];
+    int err_line, err_col;    /* the first problem found by a handler; 0: none */
+    char err[320];
 } loader;
 
 static char *read_line(char *str, int num, void *stream) {
@@ -144,6 +204,7 @@ static char *read_line(char *str, int num, void *stream) {
     long start = ftell(ld->f);
     if (ld->long_line || ld->bad_line || !fgets(str, num, ld->f)) return NULL;
     ld->line++;
+    ld->line_start = str;
     ld->max_line = num - 3; /* room for \r, \n and the NUL */
     size_t len = strlen(str);
     /* fgets() says nothing of NUL bytes; the file position tells how much it
@@ -166,6 +227,7 @@ static char *read_line(char *str, int num, void *stream) {
         ld->bad_why = "section name longer than 49 bytes";
         return NULL;
     }
+    ld->line_len = len;
     if (len == (size_t)num - 1 && str[len - 1] != '\n') {
         int c = getc(ld->f);
         if (c != EOF) {
@@ -177,14 +239,24 @@ static char *read_line(char *str, int num, void *stream) {
     return str;
 }
 
-static int load_fail(loader *ld, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int load_fail(loader *ld, const char *fmt, ...) {
+/* The column (in characters, from 1) of p, a pointer into the current line.
+ * The NULs inih wrote over single-byte characters count as the characters
+ * they replaced. */
+static int col_of(const loader *ld, const char *p) {
+    if (!ld->line_start || p < ld->line_start || p > ld->line_start + ld->line_len) return 1;
+    return 1 + (int)templates_chars(ld->line_start, (size_t)(p - ld->line_start));
+}
+
+static int fail_at(loader *ld, int line, int col, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail_at(loader *ld, int line, int col, const char *fmt, ...) {
     if (!ld->err_line) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(ld->err, sizeof ld->err, fmt, ap);
         va_end(ap);
-        ld->err_line = ld->line;
+        ld->err_line = line;
+        ld->err_col = col;
     }
     return 0; /* makes inih count the line as an error */
 }
@@ -237,20 +309,22 @@ static int compile(loader *ld, tmpl *tp, const char *s) {
     const char *start = s;
     while (*s) {
         size_t run = strcspn(s, "{}");
-        if (seg_add_literal(tp, s, run) < 0) goto nomem;
+        if (seg_add_literal(tp, s, run, ld->line, col_of(ld, s)) < 0) goto nomem;
         s += run;
         if (!*s) break;
         if (s[0] == s[1]) { /* {{ or }} */
-            if (seg_add_literal(tp, s, 1) < 0) goto nomem;
+            if (seg_add_literal(tp, s, 1, ld->line, col_of(ld, s)) < 0) goto nomem;
             s += 2;
             continue;
         }
         if (*s == '}')
-            return load_fail(ld, "unbalanced '}' after \"%.*s\" (write }} for a brace)",
-                             (int)(s - start), start);
+            return fail_at(ld, ld->line, col_of(ld, s),
+                           "unbalanced '}' after \"%.*s\" (write }} for a brace)",
+                           (int)(s - start), start);
         const char *end = s + 1 + strcspn(s + 1, "{}");
         if (*end != '}')
-            return load_fail(ld, "unbalanced '{' in \"%s\" (write {{ for a brace)", s);
+            return fail_at(ld, ld->line, col_of(ld, s),
+                           "unbalanced '{' in \"%s\" (write {{ for a brace)", s);
         const char *bar = memchr(s + 1, '|', (size_t)(end - s - 1));
         size_t name_len = (size_t)((bar ? bar : end) - s - 1);
         int f = -1;
@@ -258,9 +332,15 @@ static int compile(loader *ld, tmpl *tp, const char *s) {
             if (strlen(field_names[i]) == name_len && !memcmp(field_names[i], s + 1, name_len))
                 f = (int)i;
         if (f < 0)
-            return load_fail(ld, "unknown placeholder {%.*s} (known: item.title, item.price, "
-                             "items.titles, reasons)", (int)name_len, s + 1);
-        if (!seg_add(tp, (field)f, bar ? bar + 1 : NULL, bar ? (size_t)(end - bar - 1) : 0))
+            return fail_at(ld, ld->line, col_of(ld, s),
+                           "unknown placeholder {%.*s} (known: " FIELD_LIST ")", (int)name_len,
+                           s + 1);
+        if (field_intent[f] && strcmp(field_intent[f], tp->intent) != 0)
+            return fail_at(ld, ld->line, col_of(ld, s),
+                           "{%s} is only known in %s templates, not in [%s]", field_names[f],
+                           field_intent[f], tp->id);
+        if (!seg_add(tp, (field)f, bar ? bar + 1 : NULL, bar ? (size_t)(end - bar - 1) : 0,
+                     ld->line, bar ? col_of(ld, bar + 1) : col_of(ld, s)))
             goto nomem;
         s = end + 1;
     }
@@ -268,28 +348,99 @@ static int compile(loader *ld, tmpl *tp, const char *s) {
     return 1;
 
 nomem:
-    return load_fail(ld, "out of memory");
+    return fail_at(ld, ld->line, 1, "out of memory");
+}
+
+/* [channels]: `<channel> = <max characters>`. */
+static int on_channel(loader *ld, const char *name, const char *value) {
+    templates *t = ld->t;
+    int col = col_of(ld, value);
+    char *end;
+    long n = strtol(value, &end, 10);
+    if (!*value || *end || n < 1 || n > 100000)
+        return fail_at(ld, ld->line, col,
+                       "channel %s: the limit must be a number of characters from 1 to 100000, "
+                       "got \"%s\"", name, value);
+    for (size_t i = 0; i < t->n_channels; i++)
+        if (!strcmp(t->channels[i].name, name))
+            return fail_at(ld, ld->line, col_of(ld, name), "channel %s is declared twice", name);
+    if (t->n_channels == t->cap_channels) {
+        size_t cap = t->cap_channels ? t->cap_channels * 2 : 4;
+        channel *v = realloc(t->channels, cap * sizeof *v);
+        if (!v) return fail_at(ld, ld->line, 1, "out of memory");
+        t->channels = v;
+        t->cap_channels = cap;
+    }
+    if (!(t->channels[t->n_channels].name = strdup(name)))
+        return fail_at(ld, ld->line, 1, "out of memory");
+    t->channels[t->n_channels++].max_chars = n;
+    return 1;
+}
+
+/* [banned]: `phrase = <text>`, as many as needed. */
+static int on_banned(loader *ld, const char *name, const char *value) {
+    templates *t = ld->t;
+    if (strcmp(name, "phrase") != 0)
+        return fail_at(ld, ld->line, col_of(ld, name),
+                       "unknown key '%s' in [banned] (write phrase = <text>)", name);
+    if (!*value)
+        return fail_at(ld, ld->line, col_of(ld, value), "empty banned phrase");
+    if (t->n_banned == t->cap_banned) {
+        size_t cap = t->cap_banned ? t->cap_banned * 2 : 8;
+        banned *v = realloc(t->banned, cap * sizeof *v);
+        if (!v) return fail_at(ld, ld->line, 1, "out of memory");
+        t->banned = v;
+        t->cap_banned = cap;
+    }
+    if (!(t->banned[t->n_banned].phrase = strdup(value)))
+        return fail_at(ld, ld->line, 1, "out of memory");
+    t->banned[t->n_banned].line = ld->line;
+    t->banned[t->n_banned++].col = col_of(ld, value);
+    return 1;
 }
 
 static int on_text(void *user, const char *section, const char *name, const char *value) {
     loader *ld = user;
     if (!*section)
-        return load_fail(ld, "'%s' outside a [<intent>.<locale>.<variant>] section", name);
-    if (strcmp(name, "text") != 0)
-        return load_fail(ld, "unknown key '%s' in [%s] (a template has only text)", name, section);
+        return fail_at(ld, ld->line, col_of(ld, name),
+                       "'%s' outside a [<intent>.<locale>.<variant>] section", name);
+    if (!strcmp(section, "channels")) return on_channel(ld, name, value);
+    if (!strcmp(section, "banned")) return on_banned(ld, name, value);
     tmpl *tp = NULL;
     for (size_t i = 0; i < ld->t->n; i++)
         if (strcmp(ld->t->v[i].id, section) == 0) tp = &ld->t->v[i];
-    if (tp && !(ld->indented && (size_t)(tp - ld->t->v) + 1 == ld->last))
-        return load_fail(ld, "second text for [%s]", section);
+    if (!tp && !valid_section(section))
+        return fail_at(ld, ld->line, 1,
+                       "section [%s] is not <intent>.<locale>.<variant> made of "
+                       "letters, digits, '_' and '-'", section);
     if (!tp) {
-        if (!valid_section(section))
-            return load_fail(ld, "section [%s] is not <intent>.<locale>.<variant> made of "
-                             "letters, digits, '_' and '-'", section);
-        if (!*value) return load_fail(ld, "empty text in [%s]", section);
-        if (!(tp = tmpl_add(ld, section))) return load_fail(ld, "out of memory");
+        if (!(tp = tmpl_add(ld, section))) return fail_at(ld, ld->line, 1, "out of memory");
+        tp->line = ld->line; /* inih reports no line for a section header */
+    }
+    if (!strcmp(name, "channel")) {
+        if (tp->channel)
+            return fail_at(ld, ld->line, col_of(ld, name), "second channel for [%s]", section);
+        if (!*value)
+            return fail_at(ld, ld->line, col_of(ld, value), "empty channel in [%s]", section);
+        if (!(tp->channel = strdup(value))) return fail_at(ld, ld->line, 1, "out of memory");
+        tp->channel_line = ld->line;
+        tp->channel_col = col_of(ld, value);
+        ld->last = 0;
+        return 1;
+    }
+    if (strcmp(name, "text") != 0)
+        return fail_at(ld, ld->line, col_of(ld, name),
+                       "unknown key '%s' in [%s] (a template has text and channel)", name,
+                       section);
+    int continues = ld->indented && (size_t)(tp - ld->t->v) + 1 == ld->last;
+    if (tp->n_segs && !continues)
+        return fail_at(ld, ld->line, col_of(ld, name), "second text for [%s]", section);
+    if (!tp->n_segs) {
+        if (!*value) return fail_at(ld, ld->line, col_of(ld, value), "empty text in [%s]", section);
+        tp->text_line = ld->line;
+        tp->text_col = col_of(ld, value);
     } else if ((unsigned char)tp->last_byte < 0x80 && (unsigned char)value[0] < 0x80) {
-        if (seg_add_literal(tp, " ", 1) < 0) return load_fail(ld, "out of memory");
+        if (seg_add_literal(tp, " ", 1, 0, 0) < 0) return fail_at(ld, ld->line, 1, "out of memory");
     }
     ld->last = (size_t)(tp - ld->t->v) + 1;
     return compile(ld, tp, value);
@@ -338,10 +489,96 @@ int templates_at(const templates *t, size_t i, const char **intent, const char *
     return 0;
 }
 
+const char *templates_channel_at(const templates *t, size_t i) {
+    return i < t->n ? t->v[i].channel_name : NULL;
+}
+
+int templates_line_at(const templates *t, size_t i) { return i < t->n ? t->v[i].line : 0; }
+
+int templates_require(const templates *t, const char *intent, const char *const *locales,
+                      size_t n_locales, char *errstr, size_t errlen) {
+    for (size_t i = 0; i < n_locales; i++)
+        if (!tmpl_find(t, intent, locales[i], 0))
+            return util_err(errstr, errlen, "%s: no [%s.%s.<variant>] template for locale %s",
+                            t->path, intent, locales[i], locales[i]);
+    return 0;
+}
+
+/* Where the first banned phrase occurs in s, or NULL. Matching ignores the
+ * case of ASCII letters ("FREE" is "free"). */
+static const banned *banned_in(const templates *t, const char *s, const char **at) {
+    for (size_t i = 0; i < t->n_banned; i++) {
+        const char *p = strcasestr(s, t->banned[i].phrase);
+        if (p) {
+            if (at) *at = p;
+            return &t->banned[i];
+        }
+    }
+    return NULL;
+}
+
+/* The checks that need the whole file: every template's channel exists and
+ * its text fits it whatever the fields hold, no fixed text or fallback holds
+ * a banned phrase. Returns 0, or -1 with the first problem in ld. */
+static int check_rules(loader *ld) {
+    templates *t = ld->t;
+    for (size_t i = 0; i < t->n; i++) {
+        tmpl *tp = &t->v[i];
+        tp->channel_name = "";
+        if (tp->channel) {
+            const channel *c = NULL;
+            for (size_t k = 0; k < t->n_channels; k++)
+                if (!strcmp(t->channels[k].name, tp->channel)) c = &t->channels[k];
+            if (!c) {
+                fail_at(ld, tp->channel_line, tp->channel_col,
+                        "[%s] names channel %s, which [channels] does not declare", tp->id,
+                        tp->channel);
+                return -1;
+            }
+            tp->channel_name = c->name;
+            tp->limit = c->max_chars;
+        } else if (t->n_channels) {
+            tp->channel_name = t->channels[0].name;
+            tp->limit = t->channels[0].max_chars;
+        }
+        size_t fixed = 0, fallback = 0;
+        for (size_t k = 0; k < tp->n_segs; k++) {
+            const segment *s = &tp->segs[k];
+            if (!s->text) continue;
+            size_t n = templates_chars(s->text, strlen(s->text));
+            if (s->field == F_LITERAL) fixed += n;
+            fallback += n;
+            const char *at;
+            const banned *b = banned_in(t, s->text, &at);
+            if (b) {
+                fail_at(ld, s->line ? s->line : tp->text_line,
+                        s->line ? s->col + (int)templates_chars(s->text, (size_t)(at - s->text))
+                                : tp->text_col,
+                        "[%s] contains the banned phrase \"%s\" (banned at line %d)", tp->id,
+                        b->phrase, b->line);
+                return -1;
+            }
+        }
+        if (tp->limit && (long)fixed > tp->limit) {
+            fail_at(ld, tp->text_line, tp->text_col,
+                    "the fixed text of [%s] alone is %zu characters, over channel %s's limit "
+                    "of %ld", tp->id, fixed, tp->channel_name, tp->limit);
+            return -1;
+        }
+        if (tp->limit && (long)fallback > tp->limit) {
+            fail_at(ld, tp->text_line, tp->text_col,
+                    "[%s] is %zu characters with every placeholder at its fallback, over "
+                    "channel %s's limit of %ld", tp->id, fallback, tp->channel_name, tp->limit);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 templates *templates_load(const char *path, const char *const *locales, size_t n_locales,
                           char *errstr, size_t errlen) {
     loader ld = {0};
-    if (!(ld.t = calloc(1, sizeof *ld.t))) {
+    if (!(ld.t = calloc(1, sizeof *ld.t)) || !(ld.t->path = strdup(path))) {
         util_err(errstr, errlen, "%s: out of memory", path);
         goto err;
     }
@@ -351,11 +588,12 @@ templates *templates_load(const char *path, const char *const *locales, size_t n
     }
     int rc = ini_parse_stream(read_line, &ld, on_text, &ld);
     if (rc > 0 && rc == ld.err_line) {
-        util_err(errstr, errlen, "%s:%d: %s", path, rc, ld.err);
+        util_err(errstr, errlen, "%s:%d:%d: %s", path, ld.err_line, ld.err_col, ld.err);
         goto err;
     }
     if (rc > 0) {
-        util_err(errstr, errlen, "%s:%d: expected [section], key = value or a comment", path, rc);
+        util_err(errstr, errlen, "%s:%d:1: expected [section], key = value or a comment", path,
+                 rc);
         goto err;
     }
     if (rc < 0 || ferror(ld.f)) {
@@ -367,20 +605,27 @@ templates *templates_load(const char *path, const char *const *locales, size_t n
         goto err;
     }
     if (ld.long_line) {
-        util_err(errstr, errlen, "%s:%d: line longer than %d bytes; continue the text on an "
-                 "indented line", path, ld.long_line, ld.max_line);
+        util_err(errstr, errlen, "%s:%d:%d: line longer than %d bytes; continue the text on an "
+                 "indented line", path, ld.long_line, ld.max_line + 1, ld.max_line);
+        goto err;
+    }
+    for (size_t i = 0; i < ld.t->n; i++) {
+        if (!ld.t->v[i].n_segs) {
+            util_err(errstr, errlen, "%s:%d:1: [%s] has no text", path, ld.t->v[i].line,
+                     ld.t->v[i].id);
+            goto err;
+        }
+    }
+    ld.line_start = NULL;
+    if (check_rules(&ld) < 0) {
+        util_err(errstr, errlen, "%s:%d:%d: %s", path, ld.err_line, ld.err_col, ld.err);
         goto err;
     }
     /* A file of comments has no templates and v is NULL, which qsort must
      * not be given even with a count of 0 (found by tests/fuzz). */
     if (ld.t->n) qsort(ld.t->v, ld.t->n, sizeof *ld.t->v, tmpl_by_id);
-    for (size_t i = 0; i < n_locales; i++) {
-        if (!tmpl_find(ld.t, "recommendation", locales[i], 0)) {
-            util_err(errstr, errlen, "%s: no [recommendation.%s.<variant>] template for "
-                     "locale %s", path, locales[i], locales[i]);
-            goto err;
-        }
-    }
+    if (templates_require(ld.t, "recommendation", locales, n_locales, errstr, errlen) < 0)
+        goto err;
     fclose(ld.f);
     return ld.t;
 
@@ -452,10 +697,15 @@ static int put_field(buf *out, field f, const char *locale, const template_input
     case F_ITEM_PRICE:
         if (!first || !first->has_price || !first->currency || !*first->currency) return 0;
         return put_price(out, locale, first->price_micros, first->currency);
+    case F_ITEM_OLD_PRICE:
+        if (!first || !in->has_old_price || !first->currency || !*first->currency) return 0;
+        return put_price(out, locale, in->old_price_micros, first->currency);
     case F_ITEMS_TITLES:
         return put_list(out, locale, in, in->n_items, item_title);
     case F_REASONS:
         return put_list(out, locale, in, in->n_reasons, reason_text);
+    case F_TRIGGER_TITLE:
+        return in->trigger_title ? buf_puts(out, in->trigger_title) : 0;
     case F_LITERAL:
         break;
     }
@@ -467,8 +717,12 @@ int templates_render(const templates *t, const char *intent, const char *locale,
                      const char **template_id, const char **variant_id, char *errstr,
                      size_t errlen) {
     const tmpl *tp = tmpl_find(t, intent, locale, choice);
-    if (!tp) return util_err(errstr, errlen, "no %s template for locale %s", intent, locale);
+    if (!tp) {
+        util_err(errstr, errlen, "no %s template for locale %s", intent, locale);
+        return TEMPLATE_ERROR;
+    }
     size_t mark = out->len;
+    int rc = TEMPLATE_ERROR;
     for (size_t i = 0; i < tp->n_segs; i++) {
         const segment *s = &tp->segs[i];
         if (s->field == F_LITERAL) {
@@ -481,9 +735,24 @@ int templates_render(const templates *t, const char *intent, const char *locale,
         if (!s->text) {
             util_err(errstr, errlen, "{%s} has nothing to show and no fallback (template %s)",
                      field_names[s->field], tp->id);
+            rc = TEMPLATE_MISSING_FIELD;
             goto err;
         }
         if (buf_puts(out, s->text) < 0) goto nomem;
+    }
+    size_t chars = templates_chars(out->p + mark, out->len - mark);
+    if (tp->limit && (long)chars > tp->limit) {
+        util_err(errstr, errlen, "the text is %zu characters, over channel %s's limit of %ld "
+                 "(template %s)", chars, tp->channel_name, tp->limit, tp->id);
+        rc = TEMPLATE_TOO_LONG;
+        goto err;
+    }
+    const banned *b = t->n_banned ? banned_in(t, out->p + mark, NULL) : NULL;
+    if (b) {
+        util_err(errstr, errlen, "the text contains the banned phrase \"%s\" (template %s)",
+                 b->phrase, tp->id);
+        rc = TEMPLATE_BANNED;
+        goto err;
     }
     if (template_id) *template_id = tp->id;
     if (variant_id) *variant_id = tp->variant;
@@ -494,5 +763,5 @@ nomem:
 err:
     out->len = mark;
     if (out->cap) out->p[mark] = '\0';
-    return -1;
+    return rc;
 }

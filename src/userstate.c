@@ -52,6 +52,7 @@ void userstate_clear(user_state *s) {
     free(s->outbox);
     free(s->copyrecs);
     free(s->dismissed);
+    free(s->promoted);
     userstate_init(s);
 }
 
@@ -91,6 +92,7 @@ int userstate_copy(user_state *dst, const user_state *src) {
     dst->n_outbox = dst->cap_outbox = 0;
     dst->copyrecs = NULL;
     dst->dismissed = NULL;
+    dst->promoted = NULL;
     if (us_dup_array((void **)&dst->seq, &dst->cap_seq, src->seq, src->n_seq, sizeof *src->seq) ||
         us_dup_array((void **)&dst->cats.v, &dst->cats.cap, src->cats.v, src->cats.n,
                      sizeof *src->cats.v) ||
@@ -104,7 +106,9 @@ int userstate_copy(user_state *dst, const user_state *src) {
         us_dup_array((void **)&dst->copyrecs, &dst->cap_copyrecs, src->copyrecs, src->n_copyrecs,
                      sizeof *src->copyrecs) ||
         us_dup_array((void **)&dst->dismissed, &dst->cap_dismissed, src->dismissed,
-                     src->n_dismissed, sizeof *src->dismissed))
+                     src->n_dismissed, sizeof *src->dismissed) ||
+        us_dup_array((void **)&dst->promoted, &dst->cap_promoted, src->promoted,
+                     src->n_promoted, sizeof *src->promoted))
         goto err;
     for (size_t i = 0; i < src->n_outbox; i++) {
         const us_outbox *o = &src->outbox[i];
@@ -130,8 +134,12 @@ int userstate_copy_prefs(user_state *dst, const user_state *src) {
     if (us_copy_affinities(&dst->cats, &src->cats) < 0 ||
         us_copy_affinities(&dst->attrs, &src->attrs) < 0 ||
         US_GROW(dst->bought, dst->cap_bought, src->n_bought) < 0 ||
-        US_GROW(dst->dismissed, dst->cap_dismissed, src->n_dismissed) < 0)
+        US_GROW(dst->dismissed, dst->cap_dismissed, src->n_dismissed) < 0 ||
+        US_GROW(dst->promoted, dst->cap_promoted, src->n_promoted) < 0)
         return -1;
+    if (src->n_promoted)
+        memcpy(dst->promoted, src->promoted, src->n_promoted * sizeof *src->promoted);
+    dst->n_promoted = src->n_promoted;
     if (src->n_bought) memcpy(dst->bought, src->bought, src->n_bought * sizeof *src->bought);
     dst->n_bought = src->n_bought;
     if (src->n_dismissed)
@@ -151,6 +159,7 @@ size_t userstate_bytes(const user_state *s) {
     b += s->cap_outbox * sizeof *s->outbox;
     b += s->cap_copyrecs * sizeof *s->copyrecs;
     b += s->cap_dismissed * sizeof *s->dismissed;
+    b += s->cap_promoted * sizeof *s->promoted;
     for (size_t i = 0; i < s->n_outbox; i++) b += s->outbox[i].msg.cap;
     return b;
 }
@@ -248,10 +257,16 @@ int userstate_has_bought(const user_state *s, uint64_t item) {
     return 0;
 }
 
+int userstate_is_repeat(const user_state *s, uint64_t item, uint32_t at_s) {
+    for (size_t i = 0; i < s->n_promoted; i++)
+        if (s->promoted[i].item == item && s->promoted[i].until_s > at_s) return 1;
+    return 0;
+}
+
 int userstate_excluded(const user_state *s, uint64_t item, uint32_t at_s) {
     for (size_t i = 0; i < s->n_dismissed; i++)
         if (s->dismissed[i].item == item && s->dismissed[i].until_s > at_s) return 1;
-    return userstate_has_bought(s, item);
+    return userstate_has_bought(s, item) || userstate_is_repeat(s, item, at_s);
 }
 
 /* Is id an upstream duplicate? If not, remembers it. The remembered ids are
@@ -378,6 +393,20 @@ int userstate_apply_reaction(user_state *s, const userstate_params *p, const rea
     return dup ? US_DUPLICATE : US_APPLIED;
 }
 
+int userstate_apply_trigger(user_state *s, const userstate_params *p, const char *trigger_id,
+                            int64_t ts_ms, int32_t partition, int64_t offset) {
+    if (offset <= userstate_watermark(s, US_TOPIC_TRIGGERS, partition)) return US_ALREADY_APPLIED;
+    if (US_GROW(s->wm, s->cap_wm, s->n_wm + 1) < 0) return -1;
+    int dup;
+    if (us_seen_check(s, p, util_hash(trigger_id), us_seconds(ts_ms), &dup) < 0) return -1;
+    us_set_watermark(s, US_TOPIC_TRIGGERS, partition, offset);
+    if (dup) {
+        s->duplicates++;
+        s->dirty |= US_DIRTY_COUNTS;
+    }
+    return dup ? US_DUPLICATE : US_APPLIED;
+}
+
 /* ---- reactions' effects: copy records, dismissals, consent ---------------- */
 
 int userstate_copyrec_add(user_state *s, const us_copyrec *r, size_t max, int64_t window_ms) {
@@ -416,24 +445,44 @@ const us_copyrec *userstate_copyrec_last(const user_state *s, int64_t at_ms) {
     return best;
 }
 
+/* Hides item until until_s in the list *v (of *n, capacity *cap): a later
+ * until wins for an item hidden twice; entries expired at now_s are
+ * dropped, and beyond max the ones expiring first. */
+static int us_hide(us_dismissed **v, size_t *n, size_t *cap, uint64_t item, uint32_t until_s,
+                   uint32_t now_s, size_t max) {
+    if (us_grow((void **)v, cap, *n + 1, sizeof **v) < 0) return -1;
+    us_dismissed *a = *v;
+    size_t i = 0;
+    while (i < *n && a[i].item != item) i++;
+    if (i == *n) a[(*n)++] = (us_dismissed){item, until_s};
+    else if (a[i].until_s < until_s) a[i].until_s = until_s;
+    size_t keep = 0;
+    for (size_t k = 0; k < *n; k++)
+        if (a[k].until_s > now_s) a[keep++] = a[k];
+    *n = keep;
+    while (*n > max) { /* drop the one expiring first */
+        size_t first = 0;
+        for (size_t k = 1; k < *n; k++)
+            if (a[k].until_s < a[first].until_s) first = k;
+        a[first] = a[--*n];
+    }
+    return 0;
+}
+
 int userstate_dismiss(user_state *s, uint64_t item, uint32_t until_s, uint32_t now_s, size_t max) {
     if (max == 0) return 0;
-    if (US_GROW(s->dismissed, s->cap_dismissed, s->n_dismissed + 1) < 0) return -1;
-    size_t i = 0;
-    while (i < s->n_dismissed && s->dismissed[i].item != item) i++;
-    if (i == s->n_dismissed) s->dismissed[s->n_dismissed++] = (us_dismissed){item, until_s};
-    else if (s->dismissed[i].until_s < until_s) s->dismissed[i].until_s = until_s;
-    size_t keep = 0;
-    for (size_t k = 0; k < s->n_dismissed; k++)
-        if (s->dismissed[k].until_s > now_s) s->dismissed[keep++] = s->dismissed[k];
-    s->n_dismissed = keep;
-    while (s->n_dismissed > max) { /* drop the one expiring first */
-        size_t first = 0;
-        for (size_t k = 1; k < s->n_dismissed; k++)
-            if (s->dismissed[k].until_s < s->dismissed[first].until_s) first = k;
-        s->dismissed[first] = s->dismissed[--s->n_dismissed];
-    }
+    if (us_hide(&s->dismissed, &s->n_dismissed, &s->cap_dismissed, item, until_s, now_s, max) < 0)
+        return -1;
     s->dirty |= US_DIRTY_OPTOUT;
+    return 0;
+}
+
+int userstate_promoted(user_state *s, uint64_t item, uint32_t until_s, uint32_t now_s,
+                       size_t max) {
+    if (max == 0 || until_s <= now_s) return 0;
+    if (us_hide(&s->promoted, &s->n_promoted, &s->cap_promoted, item, until_s, now_s, max) < 0)
+        return -1;
+    s->dirty |= US_DIRTY_POLICY;
     return 0;
 }
 
@@ -573,7 +622,10 @@ int userstate_encode(const user_state *s, unsigned which, userstate_fields *out)
     if (which & US_DIRTY_WM) {
         for (size_t i = 0; i < s->n_wm; i++) {
             snprintf(name, sizeof name, "w.%c.%" PRId32,
-                     s->wm[i].topic == US_TOPIC_REACTIONS ? 'r' : 'c', s->wm[i].partition);
+                     s->wm[i].topic == US_TOPIC_REACTIONS  ? 'r'
+                     : s->wm[i].topic == US_TOPIC_TRIGGERS ? 't'
+                                                           : 'c',
+                     s->wm[i].partition);
             if (us_field_i64(out, name, s->wm[i].offset)) return -1;
         }
     }
@@ -593,6 +645,16 @@ int userstate_encode(const user_state *s, unsigned which, userstate_fields *out)
             if (buf_put_u64le(b, s->dismissed[i].item) || buf_put_u32le(b, s->dismissed[i].until_s))
                 return -1;
         if (s->unsub_ms && us_field_i64(out, "ns", s->unsub_ms)) return -1;
+    }
+    if (which & US_DIRTY_POLICY) {
+        if (!(b = us_field_new(out, "fq")) || buf_put_u8(b, US_BLOB_VERSION) ||
+            buf_put_u32le(b, s->freq.hour) || buf_put_u32le(b, s->freq.n_hour) ||
+            buf_put_u32le(b, s->freq.day) || buf_put_u32le(b, s->freq.n_day))
+            return -1;
+        if (!(b = us_field_new(out, "rp")) || buf_put_u8(b, US_BLOB_VERSION)) return -1;
+        for (size_t i = 0; i < s->n_promoted; i++)
+            if (buf_put_u64le(b, s->promoted[i].item) || buf_put_u32le(b, s->promoted[i].until_s))
+                return -1;
     }
     if (which & US_DIRTY_OUTBOX) {
         for (size_t i = 0; i < s->n_outbox; i++) {
@@ -646,7 +708,7 @@ int userstate_decode_field(user_state *s, const char *name, size_t name_len, con
     fname[name_len] = '\0';
     int is_blob = !strcmp(fname, "seq") || !strcmp(fname, "cat") || !strcmp(fname, "attr") ||
                   !strcmp(fname, "buy") || !strcmp(fname, "seen") || !strcmp(fname, "cp") ||
-                  !strcmp(fname, "dis");
+                  !strcmp(fname, "dis") || !strcmp(fname, "fq") || !strcmp(fname, "rp");
     if (is_blob && (len < 1 || p[0] != US_BLOB_VERSION))
         return util_err(errstr, errlen, "field %s: unknown blob version", fname);
 
@@ -710,6 +772,20 @@ int userstate_decode_field(user_state *s, const char *name, size_t name_len, con
                 buf_get_u32le(p, len, &pos, &s->dismissed[i].until_s))
                 goto bad;
         s->n_dismissed = n;
+    } else if (!strcmp(fname, "fq")) {
+        if (len != 17 || buf_get_u32le(p, len, &pos, &s->freq.hour) ||
+            buf_get_u32le(p, len, &pos, &s->freq.n_hour) ||
+            buf_get_u32le(p, len, &pos, &s->freq.day) || buf_get_u32le(p, len, &pos, &s->freq.n_day))
+            goto bad;
+    } else if (!strcmp(fname, "rp")) {
+        if ((len - 1) % 12) goto bad;
+        size_t n = (len - 1) / 12;
+        if (US_GROW(s->promoted, s->cap_promoted, n) < 0) goto oom;
+        for (size_t i = 0; i < n; i++)
+            if (buf_get_u64le(p, len, &pos, &s->promoted[i].item) ||
+                buf_get_u32le(p, len, &pos, &s->promoted[i].until_s))
+                goto bad;
+        s->n_promoted = n;
     } else if (!strcmp(fname, "ns")) {
         int64_t v;
         if (us_parse_i64(value, len, &v) || v <= 0) goto bad;
@@ -743,14 +819,16 @@ int userstate_decode_field(user_state *s, const char *name, size_t name_len, con
         if (len >= sizeof s->locale) goto bad;
         memcpy(s->locale, value, len);
         s->locale[len] = '\0';
-    } else if (fname[0] == 'w' && fname[1] == '.' && (fname[2] == 'c' || fname[2] == 'r') &&
-               fname[3] == '.') {
+    } else if (fname[0] == 'w' && fname[1] == '.' &&
+               (fname[2] == 'c' || fname[2] == 'r' || fname[2] == 't') && fname[3] == '.') {
         int64_t part, off;
         if (us_parse_i64(fname + 4, strlen(fname + 4), &part) || part < 0 || part > INT32_MAX ||
             us_parse_i64(value, len, &off))
             goto bad;
-        if (us_set_watermark(s, fname[2] == 'r' ? US_TOPIC_REACTIONS : US_TOPIC_CLICKSTREAM,
-                             (int32_t)part, off) < 0)
+        uint8_t topic = fname[2] == 'r'   ? US_TOPIC_REACTIONS
+                        : fname[2] == 't' ? US_TOPIC_TRIGGERS
+                                          : US_TOPIC_CLICKSTREAM;
+        if (us_set_watermark(s, topic, (int32_t)part, off) < 0)
             goto oom;
     } else if (fname[0] == 'o' && fname[1] == '.') {
         int64_t part, off;

@@ -92,7 +92,7 @@ class Deployment:
         tag = uuid.uuid4().hex[:10]
         self.tag = tag
         self.topics = {k: f"{k}-{tag}" for k in ("clickstream", "catalog", "reactions", "copy",
-                                                  "dlq")}
+                                                  "dlq", "triggers", "control")}
         self.group = f"g-{tag}"
         self.prefix = f"t{tag}"
         self.vars = {
@@ -106,6 +106,16 @@ class Deployment:
             "COPYSTREAM_TOPIC_REACTIONS": self.topics["reactions"],
             "COPYSTREAM_TOPIC_COPY": self.topics["copy"],
             "COPYSTREAM_TOPIC_DEAD__LETTER": self.topics["dlq"],
+            "COPYSTREAM_TOPIC_TRIGGERS": self.topics["triggers"],
+            "COPYSTREAM_TOPIC_CONTROL": self.topics["control"],
+            # Every event with a category is a recommendation candidate, as
+            # before intents had rules: the tests that are not about the
+            # streak rule stay simple. test_intents.py sets its own.
+            "COPYSTREAM_INTENT_RECOMMENDATION_STREAK": "1",
+            # No caps and repeats allowed, likewise; test_policies.py sets them.
+            "COPYSTREAM_POLICY_MAX__PER__HOUR": "0",
+            "COPYSTREAM_POLICY_MAX__PER__DAY": "0",
+            "COPYSTREAM_POLICY_NO__REPEAT__DAYS": "0",
             "COPYSTREAM_TOPIC_PARTITIONS": str(partitions),
             "COPYSTREAM_HTTP_PORT": "0",
             "COPYSTREAM_SCHEMA_DIR": str(SCHEMAS),
@@ -260,6 +270,24 @@ class Deployment:
                     for p in sorted(parts)]
         finally:
             c.close()
+
+    def send_control(self, message, key=None):
+        """A control message (JSON) on the control topic."""
+        self.produce("control", key if key is not None else message.get("user_id", ""),
+                     json.dumps(message).encode())
+        self.flush()
+
+    def keys(self, redis_client):
+        """Every key of this deployment."""
+        return list(redis_client.scan_iter(match=f"{self.prefix}:*".encode(), count=1000))
+
+    def due_entries(self, redis_client):
+        """Delayed triggers waiting in Redis: [(member as dict, due ms)]."""
+        out = []
+        for key in redis_client.scan_iter(match=f"{self.prefix}:due:*".encode(), count=1000):
+            for member, score in redis_client.zrange(key, 0, -1, withscores=True):
+                out.append((json.loads(member), int(score)))
+        return out
 
     # -- Redis ------------------------------------------------------------------------
 

@@ -120,8 +120,8 @@ static void test_shipped_config_sets_every_key_to_its_builtin_default(void **sta
         assert_string_equal(la, lb);
         lines++;
     }
-    /* The 61 declared keys, 3 kafka and 4 schema id defaults. */
-    assert_int_equal(lines, 68);
+    /* The 87 declared keys, 3 kafka and 4 schema id defaults. */
+    assert_int_equal(lines, 94);
     free(a);
     free(b);
     config_free(shipped);

@@ -173,7 +173,7 @@ static void test_missing_field_without_fallback_fails_naming_the_placeholder(voi
     buf out = BUF_INIT;
     buf_puts(&out, "kept");
     assert_int_equal(templates_render(t, "recommendation", "en-US", 0, &in, &out, NULL, NULL,
-                                      err, sizeof err), -1);
+                                      err, sizeof err), TEMPLATE_MISSING_FIELD);
     assert_string_equal(err, "{item.price} has nothing to show and no fallback "
                              "(template recommendation.en-US.a)");
     assert_string_equal(out.p, "kept"); /* nothing half-rendered is left behind */
@@ -260,46 +260,47 @@ static void test_indented_lines_continue_a_text(void **state) {
     templates_free(t);
 }
 
-static void test_load_errors_name_file_and_line(void **state) {
+static void test_load_errors_name_file_line_and_column(void **state) {
     (void)state;
     static const char ok_zh[] = "[recommendation.zh-CN.a]\ntext = 好\n";
     char conf[1024];
 
     snprintf(conf, sizeof conf, "%s\n[recommendation.en-US.a]\ntext = {item.colour|x}\n", ok_zh);
-    expect_load_error(conf, "F:5: unknown placeholder {item.colour} (known: item.title, "
-                            "item.price, items.titles, reasons)");
+    expect_load_error(conf, "F:5:8: unknown placeholder {item.colour} (known: item.title, "
+                            "item.price, item.old_price, items.titles, reasons, "
+                            "trigger.title)");
     snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = {item.title|x\n", ok_zh);
-    expect_load_error(conf, "F:4: unbalanced '{' in \"{item.title|x\" (write {{ for a brace)");
+    expect_load_error(conf, "F:4:8: unbalanced '{' in \"{item.title|x\" (write {{ for a brace)");
     snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = a {item.title{x}}\n", ok_zh);
-    expect_load_error(conf, "F:4: unbalanced '{' in \"{item.title{x}}\" (write {{ for a brace)");
+    expect_load_error(conf, "F:4:10: unbalanced '{' in \"{item.title{x}}\" (write {{ for a brace)");
     snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = a } b\n", ok_zh);
-    expect_load_error(conf, "F:4: unbalanced '}' after \"a \" (write }} for a brace)");
+    expect_load_error(conf, "F:4:10: unbalanced '}' after \"a \" (write }} for a brace)");
     expect_load_error(ok_zh, "F: no [recommendation.en-US.<variant>] template for locale en-US");
     snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntitle = x\n", ok_zh);
-    expect_load_error(conf, "F:4: unknown key 'title' in [recommendation.en-US.a] "
-                            "(a template has only text)");
+    expect_load_error(conf, "F:4:1: unknown key 'title' in [recommendation.en-US.a] "
+                            "(a template has text and channel)");
     snprintf(conf, sizeof conf, "%s[recommendation.en-US]\ntext = x\n", ok_zh);
-    expect_load_error(conf, "F:4: section [recommendation.en-US] is not "
+    expect_load_error(conf, "F:4:1: section [recommendation.en-US] is not "
                             "<intent>.<locale>.<variant> made of letters, digits, '_' and '-'");
     snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = x\ntext = y\n", ok_zh);
-    expect_load_error(conf, "F:5: second text for [recommendation.en-US.a]");
+    expect_load_error(conf, "F:5:1: second text for [recommendation.en-US.a]");
     snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext =\n", ok_zh);
-    expect_load_error(conf, "F:4: empty text in [recommendation.en-US.a]");
-    expect_load_error("text = x\n", "F:1: 'text' outside a [<intent>.<locale>.<variant>] section");
+    expect_load_error(conf, "F:4:7: empty text in [recommendation.en-US.a]");
+    expect_load_error("text = x\n", "F:1:1: 'text' outside a [<intent>.<locale>.<variant>] section");
     snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\njust words\n", ok_zh);
-    expect_load_error(conf, "F:4: expected [section], key = value or a comment");
+    expect_load_error(conf, "F:4:1: expected [section], key = value or a comment");
 
     /* The first error wins. */
     snprintf(conf, sizeof conf, "[a.b.c]\ntext = {x}\n[d.e.f]\ntext = {y}\n");
-    expect_load_error(conf, "F:2: unknown placeholder {x} (known: item.title, item.price, "
-                            "items.titles, reasons)");
+    expect_load_error(conf, "F:2:8: unknown placeholder {x} (known: item.title, item.price, "
+                            "item.old_price, items.titles, reasons, trigger.title)");
 
     /* A line inih would cut in two is refused. */
     char line[300];
     memset(line, 'x', sizeof line - 1);
     line[sizeof line - 1] = '\0';
     snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = %s\n", ok_zh, line);
-    expect_load_error(conf, "F:4: line longer than 197 bytes; continue the text on an "
+    expect_load_error(conf, "F:4:198: line longer than 197 bytes; continue the text on an "
                             "indented line");
 }
 
@@ -409,6 +410,181 @@ static void test_section_name_longer_than_inih_keeps_is_refused(void **state) {
     templates_free(t);
 }
 
+/* Renders (intent, locale, choice) and returns its status; the text in out. */
+static int render_intent(const templates *t, const char *intent, const char *locale,
+                         uint64_t choice, const template_input *in, buf *out, char *err,
+                         size_t errlen) {
+    buf_reset(out);
+    return templates_render(t, intent, locale, choice, in, out, NULL, NULL, err, errlen);
+}
+
+static void test_trigger_title_and_old_price_are_placeholders(void **state) {
+    (void)state;
+    static const char conf[] =
+        "[recommendation.zh-CN.a]\ntext = x\n"
+        "[recommendation.en-US.a]\ntext = x\n"
+        "[cross_sell.en-US.a]\ntext = With {trigger.title|your order}: {item.title}\n"
+        "[price_drop.en-US.a]\ntext = {item.title} now {item.price}, was {item.old_price}\n"
+        "[price_drop.zh-CN.a]\ntext = {item.title}现价{item.price}，原价{item.old_price|未知}\n";
+    char err[256] = "";
+    templates *t = load_text(conf, both, 2, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    buf out = BUF_INIT;
+    promoted_item it = item("Lamp", 79990000, "USD");
+    template_input in = {.items = &it, .n_items = 1, .trigger_title = "Desk"};
+    assert_int_equal(render_intent(t, "cross_sell", "en-US", 0, &in, &out, err, sizeof err), 0);
+    assert_string_equal(out.p, "With Desk: Lamp");
+    in.trigger_title = NULL;
+    assert_int_equal(render_intent(t, "cross_sell", "en-US", 0, &in, &out, err, sizeof err), 0);
+    assert_string_equal(out.p, "With your order: Lamp");
+
+    in.has_old_price = 1;
+    in.old_price_micros = 99990000;
+    assert_int_equal(render_intent(t, "price_drop", "en-US", 0, &in, &out, err, sizeof err), 0);
+    assert_string_equal(out.p, "Lamp now $79.99, was $99.99");
+    promoted_item zh = item("台灯", 79990000, "CNY");
+    in.items = &zh;
+    assert_int_equal(render_intent(t, "price_drop", "zh-CN", 0, &in, &out, err, sizeof err), 0);
+    assert_string_equal(out.p, "台灯现价¥79.99，原价¥99.99");
+    in.has_old_price = 0;
+    assert_int_equal(render_intent(t, "price_drop", "zh-CN", 0, &in, &out, err, sizeof err), 0);
+    assert_string_equal(out.p, "台灯现价¥79.99，原价未知");
+    /* Without the old price and no fallback, there is no price-drop copy. */
+    in.items = &it;
+    assert_int_equal(render_intent(t, "price_drop", "en-US", 0, &in, &out, err, sizeof err),
+                     TEMPLATE_MISSING_FIELD);
+    assert_string_equal(err, "{item.old_price} has nothing to show and no fallback "
+                             "(template price_drop.en-US.a)");
+    buf_free(&out);
+    templates_free(t);
+
+    /* The old price means nothing outside a price drop. */
+    expect_load_error("[recommendation.zh-CN.a]\ntext = x\n[recommendation.en-US.a]\n"
+                      "text = was {item.old_price|?}\n",
+                      "F:4:12: {item.old_price} is only known in price_drop templates, not in "
+                      "[recommendation.en-US.a]");
+}
+
+static void test_required_intents_need_a_template_per_locale(void **state) {
+    (void)state;
+    static const char conf[] =
+        "[recommendation.zh-CN.a]\ntext = x\n[recommendation.en-US.a]\ntext = x\n"
+        "[cart_reminder.zh-CN.a]\ntext = x\n";
+    char path[64], err[256] = "";
+    write_conf(path, sizeof path, conf);
+    templates *t = templates_load(path, both, 2, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(templates_require(t, "cart_reminder", both, 1, err, sizeof err), 0);
+    assert_int_equal(templates_require(t, "cart_reminder", both, 2, err, sizeof err), -1);
+    char want[256];
+    snprintf(want, sizeof want, "%s: no [cart_reminder.en-US.<variant>] template for locale en-US",
+             path);
+    assert_string_equal(err, want);
+    unlink(path);
+    templates_free(t);
+}
+
+static const char CHANNELS[] =
+    "[channels]\npush = 20\ninapp = 45\n"
+    "[recommendation.zh-CN.a]\ntext = 看看{item.title|这款}\n"
+    "[recommendation.en-US.a]\ntext = See {item.title|this}!\n"
+    "[recommendation.en-US.b]\nchannel = inapp\ntext = You might like {item.title|this}.\n";
+
+/* Characters, not bytes: 看看 plus a 18-character title is 20, at the limit. */
+static void test_channel_limits_count_characters_and_stop_long_copies(void **state) {
+    (void)state;
+    char err[256] = "";
+    templates *t = load_text(CHANNELS, both, 2, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    assert_string_equal(templates_channel_at(t, 0), "push");  /* recommendation.en-US.a */
+    assert_string_equal(templates_channel_at(t, 1), "inapp"); /* recommendation.en-US.b */
+    buf out = BUF_INIT;
+    promoted_item it = item("一二三四五六七八九十一二三四五六七八", 0, NULL);
+    template_input in = {.items = &it, .n_items = 1};
+    assert_int_equal(render_intent(t, "recommendation", "zh-CN", 0, &in, &out, err, sizeof err),
+                     0);
+    assert_int_equal(templates_chars(out.p, out.len), 20);
+    it.title = "一二三四五六七八九十一二三四五六七八九";
+    buf_puts(&out, "kept");
+    size_t kept = out.len;
+    assert_int_equal(templates_render(t, "recommendation", "zh-CN", 0, &in, &out, NULL, NULL, err,
+                                      sizeof err), TEMPLATE_TOO_LONG);
+    assert_string_equal(err, "the text is 21 characters, over channel push's limit of 20 "
+                             "(template recommendation.zh-CN.a)");
+    assert_int_equal(out.len, kept);
+    /* The same title fits the in-app variant's larger limit. */
+    it.title = "A title of twenty-five ch";
+    assert_int_equal(render_intent(t, "recommendation", "en-US", 1, &in, &out, err, sizeof err),
+                     0);
+    assert_string_equal(out.p, "You might like A title of twenty-five ch.");
+    assert_int_equal(render_intent(t, "recommendation", "en-US", 0, &in, &out, err, sizeof err),
+                     TEMPLATE_TOO_LONG);
+    buf_free(&out);
+    templates_free(t);
+}
+
+static void test_channel_problems_are_load_errors_with_line_and_column(void **state) {
+    (void)state;
+    char conf[1024];
+    static const char ok[] = "[recommendation.zh-CN.a]\ntext = 好\n";
+    snprintf(conf, sizeof conf, "[channels]\nsms = 10\n%s[recommendation.en-US.a]\n"
+             "text = This fixed text is long {item.title|}\n", ok);
+    expect_load_error(conf, "F:6:8: the fixed text of [recommendation.en-US.a] alone is 24 "
+                            "characters, over channel sms's limit of 10");
+    snprintf(conf, sizeof conf, "[channels]\nsms = 10\n%s[recommendation.en-US.a]\n"
+             "text = Hi {item.title|a long fallback}\n", ok);
+    expect_load_error(conf, "F:6:8: [recommendation.en-US.a] is 18 characters with every "
+                            "placeholder at its fallback, over channel sms's limit of 10");
+    snprintf(conf, sizeof conf, "[channels]\nsms = 10\n%s[recommendation.en-US.a]\n"
+             "channel = email\ntext = Hi\n", ok);
+    expect_load_error(conf, "F:6:11: [recommendation.en-US.a] names channel email, which "
+                            "[channels] does not declare");
+    snprintf(conf, sizeof conf, "[channels]\nsms = ten\n%s", ok);
+    expect_load_error(conf, "F:2:7: channel sms: the limit must be a number of characters from "
+                            "1 to 100000, got \"ten\"");
+    snprintf(conf, sizeof conf, "[channels]\nsms = 10\nsms = 20\n%s", ok);
+    expect_load_error(conf, "F:3:1: channel sms is declared twice");
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\nchannel = sms\n", ok);
+    expect_load_error(conf, "F:4:1: [recommendation.en-US.a] has no text");
+}
+
+static void test_banned_phrases_fail_the_load_with_where_and_stop_rendered_copy(void **state) {
+    (void)state;
+    char conf[1024];
+    static const char ok[] = "[recommendation.zh-CN.a]\ntext = 好\n";
+    /* Found in the fixed text, case aside, with the column of the phrase. */
+    snprintf(conf, sizeof conf, "%s[recommendation.en-US.a]\ntext = Get it, 100%% FREE today\n"
+             "[banned]\nphrase = 100%% free\n", ok);
+    expect_load_error(conf, "F:4:16: [recommendation.en-US.a] contains the banned phrase "
+                            "\"100% free\" (banned at line 6)");
+    /* In a fallback, counted in characters. */
+    snprintf(conf, sizeof conf, "[banned]\nphrase = 最低价\n%s[recommendation.en-US.a]\n"
+             "text = {item.title|全网最低价}\n", ok);
+    expect_load_error(conf, "F:6:22: [recommendation.en-US.a] contains the banned phrase "
+                            "\"最低价\" (banned at line 2)");
+    snprintf(conf, sizeof conf, "[banned]\nword = x\n%s", ok);
+    expect_load_error(conf, "F:2:1: unknown key 'word' in [banned] (write phrase = <text>)");
+
+    /* A catalog title can bring one in at render time. */
+    snprintf(conf, sizeof conf, "[banned]\nphrase = guaranteed\n%s[recommendation.en-US.a]\n"
+             "text = See {item.title|this}\n", ok);
+    char err[256] = "";
+    templates *t = load_text(conf, both, 2, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    promoted_item it = item("Guaranteed Fit Jeans", 0, NULL);
+    template_input in = {.items = &it, .n_items = 1};
+    buf out = BUF_INIT;
+    assert_int_equal(render_intent(t, "recommendation", "en-US", 0, &in, &out, err, sizeof err),
+                     TEMPLATE_BANNED);
+    assert_string_equal(err, "the text contains the banned phrase \"guaranteed\" (template "
+                             "recommendation.en-US.a)");
+    it.title = "Slim Fit Jeans";
+    assert_int_equal(render_intent(t, "recommendation", "en-US", 0, &in, &out, err, sizeof err),
+                     0);
+    buf_free(&out);
+    templates_free(t);
+}
+
 static void test_missing_file_is_a_load_error(void **state) {
     (void)state;
     char err[256] = "";
@@ -435,14 +611,14 @@ static void test_shipped_templates_render_exact_copy_in_both_locales(void **stat
 
     promoted_item zh_items[] = {item("小米14", 3999000000, "CNY"), item("华为Mate 60", 0, NULL)};
     copy_reason zh_reasons[] = {{.text = "高清屏幕"}, {.text = "超长续航"}};
-    template_input zh = {zh_items, 2, zh_reasons, 2};
+    template_input zh = {.items = zh_items, .n_items = 2, .reasons = zh_reasons, .n_reasons = 2};
     expect_render(t, "zh-CN", 0, &zh, "您可能会喜欢小米14：它具备高清屏幕、超长续航，正合您意。");
     expect_render(t, "zh-CN", 1, &zh, "为您精选小米14、华为Mate 60，首推小米14，售价¥3,999.00。");
 
     promoted_item en_items[] = {item("Pixel 8", 699000000, "USD"), item("Galaxy S24", 0, NULL),
                                 item("iPhone 15", 0, NULL)};
     copy_reason en_reasons[] = {{.text = "an HD screen"}, {.text = "all-day battery"}};
-    template_input en = {en_items, 3, en_reasons, 2};
+    template_input en = {.items = en_items, .n_items = 3, .reasons = en_reasons, .n_reasons = 2};
     expect_render(t, "en-US", 0, &en, "You might like Pixel 8: it has an HD screen and all-day "
                                       "battery, just what you love.");
     expect_render(t, "en-US", 1, &en, "Picked for you: Pixel 8, Galaxy S24 and iPhone 15. Our "
@@ -459,6 +635,60 @@ static void test_shipped_templates_render_exact_copy_in_both_locales(void **stat
     templates_free(t);
 }
 
+/* Every intent has templates in both locales; each variant renders whole
+ * with everything known, and with nothing known only where a copy without
+ * its field makes sense (a price drop without prices does not). */
+static void test_shipped_templates_cover_every_intent_in_both_locales(void **state) {
+    (void)state;
+    char path[512], err[256] = "";
+    shipped_path(path, sizeof path);
+    templates *t = templates_load(path, both, 2, err, sizeof err);
+    if (!t) fail_msg("%s", err);
+    static const char *const intents[] = {"recommendation", "cart_reminder", "cross_sell",
+                                          "re_engagement", "price_drop"};
+    buf out = BUF_INIT;
+    for (size_t i = 0; i < sizeof intents / sizeof intents[0]; i++) {
+        assert_int_equal(templates_require(t, intents[i], both, 2, err, sizeof err), 0);
+        for (size_t l = 0; l < 2; l++) {
+            int zh = l == 0;
+            promoted_item items[] = {
+                item(zh ? "星河 A1 手机" : "Star A1 Phone", 2999000000, zh ? "CNY" : "USD"),
+                item(zh ? "星河 手表" : "Star Watch", 999000000, zh ? "CNY" : "USD")};
+            copy_reason reasons[] = {{.text = zh ? "高清屏幕" : "a high-definition screen"}};
+            template_input full = {.items = items, .n_items = 2, .reasons = reasons,
+                                   .n_reasons = 1, .has_old_price = 1,
+                                   .old_price_micros = 3499000000,
+                                   .trigger_title = zh ? "星河 B2 手机" : "Star B2 Phone"};
+            template_input none = {0};
+            size_t n = templates_variant_count(t, intents[i], both[l]);
+            assert_true(n >= 2);
+            for (uint64_t v = 0; v < n; v++) {
+                if (render_intent(t, intents[i], both[l], v, &full, &out, err, sizeof err))
+                    fail_msg("%s.%s variant %u: %s", intents[i], both[l], (unsigned)v, err);
+                assert_null(strchr(out.p, '{'));
+                assert_non_null(strstr(out.p, zh ? "星河" : "Star"));
+                int rc = render_intent(t, intents[i], both[l], v, &none, &out, err, sizeof err);
+                if (!strcmp(intents[i], "price_drop"))
+                    assert_int_equal(rc, TEMPLATE_MISSING_FIELD);
+                else if (rc)
+                    fail_msg("%s.%s variant %u with nothing known: %s", intents[i], both[l],
+                             (unsigned)v, err);
+            }
+        }
+    }
+    promoted_item drop = item("Star A1 Phone", 2999000000, "USD");
+    template_input in = {.items = &drop, .n_items = 1, .has_old_price = 1,
+                         .old_price_micros = 3499000000};
+    assert_int_equal(render_intent(t, "price_drop", "en-US", 0, &in, &out, err, sizeof err), 0);
+    assert_string_equal(out.p, "Price drop on Star A1 Phone: now $2,999.00, was $3,499.00.");
+    promoted_item cart = item("星河 A1 手机", 2999000000, "CNY");
+    in = (template_input){.items = &cart, .n_items = 1};
+    assert_int_equal(render_intent(t, "cart_reminder", "zh-CN", 0, &in, &out, err, sizeof err), 0);
+    assert_string_equal(out.p, "您加入购物车的星河 A1 手机还在等您，售价¥2,999.00。");
+    buf_free(&out);
+    templates_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_title_lists_join_per_locale_for_one_two_three_items),
@@ -470,12 +700,18 @@ int main(void) {
         cmocka_unit_test(test_choice_picks_variants_in_name_order),
         cmocka_unit_test(test_unknown_intent_or_locale_fails_to_render),
         cmocka_unit_test(test_indented_lines_continue_a_text),
-        cmocka_unit_test(test_load_errors_name_file_and_line),
+        cmocka_unit_test(test_load_errors_name_file_line_and_column),
         cmocka_unit_test(test_file_without_templates_loads_empty_without_undefined_behaviour),
         cmocka_unit_test(test_nul_byte_in_file_is_refused_naming_its_line),
         cmocka_unit_test(test_section_name_longer_than_inih_keeps_is_refused),
         cmocka_unit_test(test_missing_file_is_a_load_error),
+        cmocka_unit_test(test_trigger_title_and_old_price_are_placeholders),
+        cmocka_unit_test(test_required_intents_need_a_template_per_locale),
+        cmocka_unit_test(test_channel_limits_count_characters_and_stop_long_copies),
+        cmocka_unit_test(test_channel_problems_are_load_errors_with_line_and_column),
+        cmocka_unit_test(test_banned_phrases_fail_the_load_with_where_and_stop_rendered_copy),
         cmocka_unit_test(test_shipped_templates_render_exact_copy_in_both_locales),
+        cmocka_unit_test(test_shipped_templates_cover_every_intent_in_both_locales),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
