@@ -1843,9 +1843,17 @@ static int svc_control_start(svc *s, char *errstr, size_t errlen) {
     if (n < 0) return -1;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
     for (int p = 0; p < n; p++) {
-        int64_t lo, hi;
-        rd_kafka_resp_err_t e =
-            rd_kafka_query_watermark_offsets(s->control_consumer, s->t_control, p, &lo, &hi, 10000);
+        int64_t lo, hi, deadline = util_monotonic_us() + 10 * 1000000LL;
+        rd_kafka_resp_err_t e;
+        /* Right after `copystream topics` a partition's leader may be named
+         * before it serves: that passes. */
+        while ((e = rd_kafka_query_watermark_offsets(s->control_consumer, s->t_control, p, &lo,
+                                                     &hi, 10000)) &&
+               (e == RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION ||
+                e == RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE ||
+                e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) &&
+               util_monotonic_us() < deadline)
+            usleep(100 * 1000);
         if (e) {
             rd_kafka_topic_partition_list_destroy(l);
             return util_err(errstr, errlen, "%s[%d]: %s", s->t_control, p, rd_kafka_err2str(e));

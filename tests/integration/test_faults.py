@@ -211,10 +211,10 @@ def test_faults_one_of_three_instances_killed_the_others_take_over(env, redis_cl
     try:
         d.run(["loadgen", "--catalog", "--quiet"])
         procs = [d.start() for _ in range(3)]
-        # clickstream and reactions: 2 * partitions in all, every member holding some.
+        # clickstream, reactions and triggers: 3 * partitions in all, every member holding some.
         wait_for("three members sharing the partitions",
                  lambda: all(holdings(d, p) > 0 for p in procs) and
-                 sum(holdings(d, p) for p in procs) == 2 * partitions)
+                 sum(holdings(d, p) for p in procs) == 3 * partitions)
         load = start_load(d, seed=17)
         wait_for("the load to be processed",
                  lambda: (progress(d, redis_client) or 0) >= RATE * SECONDS // 4)
@@ -233,7 +233,7 @@ def test_faults_one_of_three_instances_killed_the_others_take_over(env, redis_cl
         assert "assigned" in after, after
         if " lost " not in after:
             assert not re.search(r"revoked \d+ partitions", after), after
-        assert sum(holdings(d, p) for p in survivors) == 2 * partitions
+        assert sum(holdings(d, p) for p in survivors) == 3 * partitions
         stop_gracefully(d, survivors)
         clean = clean_pass(d, partitions)
         assert_matches_clean_pass(d, clean, redis_client, total)
