@@ -532,7 +532,8 @@ static void svc_clear_purges(svc *s) {
 static void svc_purges_sent_done(svc *s) {
     size_t n = s->n_purges_sent;
     for (size_t i = 0; i < n; i++) free(s->purges[i].user_id);
-    memmove(s->purges, s->purges + n, (s->n_purges - n) * sizeof *s->purges);
+    /* never with nothing queued: purges is NULL until the first one */
+    if (n < s->n_purges) memmove(s->purges, s->purges + n, (s->n_purges - n) * sizeof *s->purges);
     s->n_purges -= n;
     s->n_purges_sent = 0;
 }
