@@ -46,7 +46,7 @@ int main(int argc, char **argv) {
     if (!cfg) return 2;
     char err[512];
     kafka_delivery dr = {0};
-    rd_kafka_t *p = kafka_producer_new(cfg, &dr, err, sizeof err);
+    rd_kafka_t *p = kafka_producer_new(cfg, &dr, NULL, err, sizeof err);
     rd_kafka_t *c = p ? kafka_consumer_new(cfg, group, NULL, NULL, err, sizeof err) : NULL;
     if (!c) {
         fprintf(stderr, "passthrough: %s\n", err);

@@ -29,13 +29,17 @@ typedef struct {
 /* An idempotent producer (acks=all, enable.idempotence=true) configured from
  * kafka.* and kafka.producer.*. Its delivery callback counts into *dr; a
  * message's per-message opaque, when non-NULL, is taken as a kafka_delivery*
- * and counted there instead, so a caller can track one batch. Returns NULL
- * with errstr on a bad property. */
-rd_kafka_t *kafka_producer_new(const config *c, kafka_delivery *dr, char *errstr, size_t errlen);
+ * and counted there instead, so a caller can track one batch. With a
+ * transactional_id, the producer is transactional and its transactions are
+ * initialized before it is returned (which fences an older producer of the
+ * same id). Returns NULL with errstr on a bad property, or when transactions
+ * cannot be initialized. */
+rd_kafka_t *kafka_producer_new(const config *c, kafka_delivery *dr, const char *transactional_id,
+                               char *errstr, size_t errlen);
 
 /* A consumer configured from kafka.* and kafka.consumer.*, with group.id
- * set to group (NULL: keep kafka.group.id), enable.auto.commit=false and
- * enable.auto.offset.store=false. rebalance_cb may be NULL. opaque is passed to
+ * set to group (NULL: keep kafka.group.id), enable.auto.commit=false,
+ * enable.auto.offset.store=false and isolation.level=read_committed. rebalance_cb may be NULL. opaque is passed to
  * callbacks. Returns NULL with errstr on error. */
 rd_kafka_t *kafka_consumer_new(const config *c, const char *group,
                                void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t,

@@ -56,6 +56,8 @@ typedef enum {
     MET_KAFKA_ERR_COMMIT,
     MET_KAFKA_ERR_CONSUME,
     MET_KAFKA_ERR_FATAL,
+    MET_KAFKA_TXN_COMMITTED,      /* copystream_kafka_transactions_total{result=...} */
+    MET_KAFKA_TXN_ABORTED,
     MET_STATE_CACHE_HIT,          /* copystream_state_cache_total{result=...} */
     MET_STATE_CACHE_MISS,
     MET_STATE_CACHE_BYTES,        /* gauge copystream_state_cache_bytes */

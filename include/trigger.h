@@ -104,10 +104,17 @@ long triggers_on_catalog(triggers *t, const catalog_item *before, const catalog_
  * entries are removed without firing. Looks at the due sets only when
  * trigger.scan_interval_ms has passed since the last look, unless force.
  * Returns the number of triggers produced, or -1 with errstr (what was not
- * removed is produced again later, harmlessly). */
+ * removed is produced again later, harmlessly). With a transactional
+ * producer, call it inside a transaction and commit that before the next
+ * call, or call triggers_unfire(). */
 long triggers_scan(triggers *t, rd_kafka_t *producer, const char *topic, int n_partitions,
                    const int32_t *owned, size_t n_owned, int64_t now_ms, int force, char *errstr,
                    size_t errlen);
+/* The triggers the last triggers_scan() produced are void (the transaction
+ * they were produced in was aborted): they stay in the due sets, to be
+ * produced again at a later look, whatever their delivery reports say. */
+void triggers_unfire(triggers *t);
+
 /* Waits up to timeout_ms for the batches still out and removes them (at
  * shutdown, so that the next owner does not produce them again). */
 void triggers_drain(triggers *t, rd_kafka_t *producer, int timeout_ms);

@@ -124,7 +124,9 @@ static const cfg_decl cfg_decls[] = {
      "events per batch, one Redis round trip each"},
     {"batch.max_wait_ms", CFG_INT, "20", 0, 60000, NULL, 0, "how long to wait to fill a batch"},
     {"processing.guarantee", CFG_ENUM, "at_least_once", 0, 0, "at_least_once|exactly_once", 0,
-     "delivery guarantee; the service refuses exactly_once for now"},
+     "delivery guarantee (docs/GUARANTEES.md)"},
+    {"processing.transactional_id", CFG_STRING, "", 0, 0, NULL, 0,
+     "exactly_once: this instance's transactional id, unique and stable across restarts"},
     {"shutdown.timeout_s", CFG_INT, "30", 1, 3600, NULL, 0,
      "how long a graceful shutdown may take"},
 
@@ -414,6 +416,10 @@ static int kafka_check(const char *name, const char *value, char *why, size_t wh
                         "copystream manages offset commits itself: it stores and commits an "
                         "offset only once that input's state and copies are durable, which is "
                         "what makes delivery at-least-once; remove this setting");
+    if (strcmp(base, "transactional.id") == 0)
+        return util_err(why, whylen,
+                        "set processing.transactional_id instead: only the service's producer "
+                        "is transactional, and only with processing.guarantee = exactly_once");
 
     rd_kafka_conf_t *scratch = rd_kafka_conf_new();
     char rderr[512];
@@ -438,6 +444,15 @@ static int kafka_check(const char *name, const char *value, char *why, size_t wh
     else if (strcmp(base, "acks") == 0 || strcmp(base, "request.required.acks") == 0)
         bad = rd_kafka_conf_get(scratch, "acks", got, &gotlen) == RD_KAFKA_CONF_OK &&
               strcmp(got, "-1") != 0;
+    else if (strcmp(base, "isolation.level") == 0 &&
+             rd_kafka_conf_get(scratch, "isolation.level", got, &gotlen) == RD_KAFKA_CONF_OK &&
+             strcmp(got, "read_committed") != 0) {
+        rd_kafka_conf_destroy(scratch);
+        return util_err(why, whylen,
+                        "copystream reads only committed messages: an aborted transaction's "
+                        "events never happened, and exactly_once rests on it; remove this "
+                        "setting");
+    }
     rd_kafka_conf_destroy(scratch);
     if (bad)
         return util_err(why, whylen,

@@ -131,19 +131,34 @@ err:
     return NULL;
 }
 
-rd_kafka_t *kafka_producer_new(const config *c, kafka_delivery *dr, char *errstr, size_t errlen) {
+rd_kafka_t *kafka_producer_new(const config *c, kafka_delivery *dr, const char *transactional_id,
+                               char *errstr, size_t errlen) {
+    /* A transaction outlives none of its messages: librdkafka refuses a
+     * message.timeout.ms above transaction.timeout.ms (60 s by default). */
     static const char *const defaults[] = {
         "linger.ms", "5",
         "batch.num.messages", "10000",
         "compression.type", "lz4",
         "message.timeout.ms", "120000",
         NULL};
+    static const char *const txn_defaults[] = {
+        "linger.ms", "5",
+        "batch.num.messages", "10000",
+        "compression.type", "lz4",
+        "message.timeout.ms", "60000",
+        NULL};
     static const char *const forced[] = {
         "enable.idempotence", "true",
         "acks", "all",
         NULL};
-    rd_kafka_conf_t *conf = kafka_conf_build(c, "producer", defaults, forced, errstr, errlen);
+    rd_kafka_conf_t *conf = kafka_conf_build(c, "producer", transactional_id ? txn_defaults : defaults,
+                                             forced, errstr, errlen);
     if (!conf) return NULL;
+    if (transactional_id &&
+        kafka_conf_set(conf, "transactional.id", transactional_id, errstr, errlen) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     rd_kafka_conf_set_opaque(conf, dr);
     rd_kafka_conf_set_dr_msg_cb(conf, kafka_dr_msg_cb);
     rd_kafka_conf_set_error_cb(conf, kafka_producer_error_cb);
@@ -153,6 +168,18 @@ rd_kafka_t *kafka_producer_new(const config *c, kafka_delivery *dr, char *errstr
         rd_kafka_conf_destroy(conf);
         util_err(errstr, errlen, "cannot create producer: %s", rderr);
         return NULL;
+    }
+    if (transactional_id) {
+        /* Registers the id with its coordinator, which fences an earlier
+         * producer of the same id and aborts what it left open. */
+        rd_kafka_error_t *e = rd_kafka_init_transactions(rk, 60000);
+        if (e) {
+            util_err(errstr, errlen, "initializing transactions (transactional id %s): %s",
+                     transactional_id, rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+            rd_kafka_destroy(rk);
+            return NULL;
+        }
     }
     return rk;
 }
@@ -170,6 +197,8 @@ rd_kafka_t *kafka_consumer_new(const config *c, const char *group,
     static const char *const forced[] = {
         "enable.auto.commit", "false",
         "enable.auto.offset.store", "false",
+        /* Never what an aborted transaction wrote, upstream's or ours. */
+        "isolation.level", "read_committed",
         NULL};
     rd_kafka_conf_t *conf = kafka_conf_build(c, "consumer", defaults, forced, errstr, errlen);
     if (!conf) return NULL;
@@ -239,7 +268,7 @@ static int kafka_await_leaders(rd_kafka_t *rk, const char *topic, int timeout_ms
 int kafka_create_topics(const config *c, char *errstr, size_t errlen) {
     int rc = -1;
     kafka_delivery dr = {0};
-    rd_kafka_t *rk = kafka_producer_new(c, &dr, errstr, errlen);
+    rd_kafka_t *rk = kafka_producer_new(c, &dr, NULL, errstr, errlen);
     if (!rk) return -1;
     if (kafka_await_broker(rk, 30000, errstr, errlen) < 0) {
         rd_kafka_destroy(rk);

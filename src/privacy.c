@@ -388,7 +388,7 @@ static int privacy_run(const config *cfg, const privacy_request *req, int no_pub
     } else if (privacy_apply(p, req, err, sizeof err) < 0) {
         goto fail;
     }
-    if (!(producer = kafka_producer_new(cfg, &dr, err, sizeof err))) goto fail;
+    if (!(producer = kafka_producer_new(cfg, &dr, NULL, err, sizeof err))) goto fail;
     if (kafka_await_broker(producer, 30000, err, sizeof err) < 0) goto fail;
     int tombstones = 0;
     if (req->action == PRIVACY_FORGET &&

@@ -37,7 +37,7 @@ publisher *publish_new(const config *c, char *errstr, size_t errlen) {
         return NULL;
     }
     if (!(p->codec = commands_codec_new(c, errstr, errlen))) goto err;
-    if (!(p->rk = kafka_producer_new(c, &p->dr, errstr, errlen))) goto err;
+    if (!(p->rk = kafka_producer_new(c, &p->dr, NULL, errstr, errlen))) goto err;
     p->topic_click = config_str(c, "topic.clickstream");
     p->topic_catalog = config_str(c, "topic.catalog");
     /* librdkafka holds messages for a missing topic until

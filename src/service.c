@@ -98,7 +98,7 @@ enum { SVC_CLICK = 1, SVC_REACTION, SVC_TRIGGER, SVC_DEAD };
 typedef struct svc_user svc_user;
 
 typedef struct svc_item {
-    rd_kafka_message_t *msg;  /* owned until the batch ends */
+    rd_kafka_message_t *msg;  /* owned until the batch ends, or by its flight's dls */
     int64_t polled_us;
     int kind;                 /* SVC_* ; 0 until decoded */
     click_event click;        /* when kind == SVC_CLICK; for SVC_TRIGGER its id, user,
@@ -153,6 +153,12 @@ typedef struct {
     int eof;
 } svc_assigned;
 
+/* A message bound for the dead-letter topic, produced with its batch's copies. */
+typedef struct {
+    rd_kafka_message_t *msg;  /* owned */
+    rd_kafka_headers_t *hdrs; /* owned until produced */
+} svc_dead_letter_msg;
+
 typedef struct {
     int topic;                /* 0 clickstream, 1 reactions, 2 triggers */
     int32_t partition;
@@ -182,6 +188,8 @@ typedef struct {
     uint64_t expected;        /* messages it produced */
     buf pub;                  /* copies to publish once its writes are confirmed:
                                * (u32 key length, key, u32 length, message)... */
+    svc_dead_letter_msg *dls; /* [n_dls]: undecodable input, published with the copies */
+    size_t n_dls, cap_dls;
     int64_t t0;               /* when staging began */
     int64_t *polled_us;       /* [n_polled] (capacity batch_max): poll times */
     size_t n_polled;
@@ -206,6 +214,10 @@ typedef struct svc {
     int batch_wait_ms;
     int64_t shutdown_ms;
     int64_t exit_when_idle_ms;
+    int eos;                  /* processing.guarantee = exactly_once (never for a range) */
+    char txn_id[256];         /* its transactional id */
+    int txn_open;             /* a transaction of the producer is open */
+    int fenced;               /* another producer took our transactional id: stop */
     const char *t_click, *t_react, *t_copy, *t_dlq, *t_catalog, *t_trig, *t_control;
     intent_rules rules;
     int trig_partitions;      /* of t_trig */
@@ -359,12 +371,22 @@ static int svc_settings(svc *s, const config *c, char *errstr, size_t errlen) {
     s->model_path = config_str(c, "model.path");
     s->model_min_events = (uint64_t)config_int(c, "model.min_events");
     s->reload_check_us = config_int(c, "model.reload_check_s") * 1000000;
-    if (strcmp(config_str(c, "processing.guarantee"), "at_least_once") != 0)
-        return util_err(errstr, errlen,
-                        "processing.guarantee: %s is not available in this release; "
-                        "use at_least_once",
-                        config_str(c, "processing.guarantee"));
+    s->eos = strcmp(config_str(c, "processing.guarantee"), "exactly_once") == 0;
     return 0;
+}
+
+/* The transactional id of an exactly-once run: processing.transactional_id,
+ * or one unique to this process (docs/GUARANTEES.md says what each costs). */
+static void svc_transactional_id(svc *s, const char *group) {
+    const char *id = config_str(s->cfg, "processing.transactional_id");
+    if (id[0]) {
+        snprintf(s->txn_id, sizeof s->txn_id, "%s", id);
+        return;
+    }
+    char host[128] = "";
+    if (gethostname(host, sizeof host - 1) < 0) snprintf(host, sizeof host, "unknown");
+    snprintf(s->txn_id, sizeof s->txn_id, "copystream-%s-%s-%ld",
+             group ? group : config_str(s->cfg, "kafka.group.id"), host, (long)getpid());
 }
 
 /* ---- health --------------------------------------------------------------- */
@@ -631,6 +653,13 @@ static int svc_dead_letter(svc *s, svc_flight *f, svc_item *it, codec_status why
                  detail);
         return 0;
     }
+    if (f->n_dls == f->cap_dls) {
+        size_t cap = f->cap_dls ? 2 * f->cap_dls : 8;
+        svc_dead_letter_msg *v = realloc(f->dls, cap * sizeof *v);
+        if (!v) return -1;
+        f->dls = v;
+        f->cap_dls = cap;
+    }
     rd_kafka_headers_t *h = rd_kafka_headers_new(8);
     const char *reason = codec_status_name(why);
     rd_kafka_header_add(h, "copystream.error", -1, reason, -1);
@@ -639,17 +668,32 @@ static int svc_dead_letter(svc *s, svc_flight *f, svc_item *it, codec_status why
     svc_header_i64(h, "copystream.source.partition", m->partition);
     svc_header_i64(h, "copystream.source.offset", m->offset);
     svc_header_i64(h, "copystream.source.timestamp", rd_kafka_message_timestamp(m, NULL));
-    char err[512];
-    if (kafka_produce(s->producer, s->t_dlq, m->key, m->key_len, m->payload, m->len, h,
-                      &f->dr, err, sizeof err) < 0) {
-        rd_kafka_headers_destroy(h); /* not taken over on failure */
-        log_error("service", "dead-lettering %s[%" PRId32 "]@%" PRId64 ": %s",
-                  rd_kafka_topic_name(m->rkt), m->partition, m->offset, err);
-        return -1;
-    }
-    f->expected++;
-    log_warn("service", "dead-lettered %s[%" PRId32 "]@%" PRId64 ": %s: %s",
+    f->dls[f->n_dls++] = (svc_dead_letter_msg){it->msg, h};
+    it->msg = NULL;
+    log_warn("service", "dead-lettering %s[%" PRId32 "]@%" PRId64 ": %s: %s",
              rd_kafka_topic_name(m->rkt), m->partition, m->offset, reason, detail);
+    return 0;
+}
+
+/* Produces f's dead letters. Like its copies, they go out only once its
+ * writes are durable, in the same transaction as its offsets when exactly
+ * once: a batch that runs again must not leave a dead letter twice.
+ * Returns 0 or -1 (what is left is freed with the flight). */
+static int svc_produce_dead_letters(svc *s, svc_flight *f) {
+    char err[512];
+    for (size_t i = 0; i < f->n_dls; i++) {
+        svc_dead_letter_msg *d = &f->dls[i];
+        if (!d->hdrs) continue; /* produced by an earlier call */
+        const rd_kafka_message_t *m = d->msg;
+        if (kafka_produce(s->producer, s->t_dlq, m->key, m->key_len, m->payload, m->len, d->hdrs,
+                          &f->dr, err, sizeof err) < 0) {
+            log_error("service", "dead-lettering %s[%" PRId32 "]@%" PRId64 ": %s",
+                      rd_kafka_topic_name(m->rkt), m->partition, m->offset, err);
+            return -1;
+        }
+        d->hdrs = NULL; /* librdkafka's now */
+        f->expected++;
+    }
     return 0;
 }
 
@@ -1059,6 +1103,11 @@ static void svc_flight_reset(svc_flight *f, size_t n_locales) {
     memset(&f->dr, 0, sizeof f->dr);
     f->expected = 0;
     buf_reset(&f->pub);
+    for (size_t i = 0; i < f->n_dls; i++) {
+        if (f->dls[i].hdrs) rd_kafka_headers_destroy(f->dls[i].hdrs);
+        rd_kafka_message_destroy(f->dls[i].msg);
+    }
+    f->n_dls = 0;
     f->n_polled = 0;
     memset(f->events, 0, sizeof f->events);
     memset(f->reactions, 0, sizeof f->reactions);
@@ -1105,7 +1154,7 @@ static void svc_end_batch(svc *s, int keep_states) {
         click_event_clear(&s->items[i].click);
         reaction_clear(&s->items[i].rx);
         trigger_clear(&s->items[i].trig);
-        rd_kafka_message_destroy(s->items[i].msg);
+        if (s->items[i].msg) rd_kafka_message_destroy(s->items[i].msg);
     }
     metrics_set(MET_STATE_CACHE_BYTES, (int64_t)cache_bytes(s->cache));
     s->n_items = s->n_users = 0;
@@ -1210,7 +1259,8 @@ static int svc_renew_producer(svc *s) {
     rd_kafka_poll(s->producer, 0);
     rd_kafka_destroy(s->producer);
     memset(&s->dr, 0, sizeof s->dr);
-    s->producer = kafka_producer_new(s->cfg, &s->dr, err, sizeof err);
+    s->txn_open = 0; /* the new producer's initialization aborts it */
+    s->producer = kafka_producer_new(s->cfg, &s->dr, s->eos ? s->txn_id : NULL, err, sizeof err);
     const char *outputs[] = {s->t_copy, s->t_dlq, s->t_trig};
     if (!s->producer || kafka_producer_prepare(s->producer, outputs, 3, 10000, err, sizeof err)) {
         log_error("service", "cannot recreate the producer: %s", err);
@@ -1219,34 +1269,142 @@ static int svc_renew_producer(svc *s) {
     return 0;
 }
 
-/* Commits batch f's offsets. Returns 0 or -1 (offsets stay uncommitted; a
- * later commit covers them, or they are processed again, harmlessly). */
-static int svc_commit(svc *s, const svc_flight *f) {
+/* ---- transactions (exactly_once) ------------------------------------------ */
+
+/* Sorts a failed transactional call: a fatal error marks the producer for
+ * renewal (svc_recover), or stops the service when another producer took our
+ * transactional id, for then we are the zombie. Takes e. */
+static void svc_txn_failed(svc *s, const char *what, rd_kafka_error_t *e) {
+    rd_kafka_resp_err_t code = rd_kafka_error_code(e);
+    log_error("service", "%s: %s%s", what, rd_kafka_error_string(e),
+              rd_kafka_error_is_fatal(e) ? " (fatal)" : "");
+    if (rd_kafka_error_is_fatal(e)) {
+        char why[512];
+        code = rd_kafka_fatal_error(s->producer, why, sizeof why);
+        s->dr.fatal = 1;
+    }
+    if (code == RD_KAFKA_RESP_ERR__FENCED || code == RD_KAFKA_RESP_ERR_PRODUCER_FENCED ||
+        code == RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH) {
+        log_error("service",
+                  "another producer uses transactional id %s: stopping (give every instance "
+                  "its own processing.transactional_id)",
+                  s->txn_id);
+        s->fenced = 1;
+        svc_stop_requested = 1;
+    }
+    rd_kafka_error_destroy(e);
+}
+
+static int svc_txn_begin(svc *s) {
+    if (s->txn_open) return 0;
+    rd_kafka_error_t *e = rd_kafka_begin_transaction(s->producer);
+    if (e) {
+        svc_txn_failed(s, "beginning a transaction", e);
+        return -1;
+    }
+    s->txn_open = 1;
+    return 0;
+}
+
+/* Aborts the open transaction, if any: what it produced is never seen by
+ * read_committed consumers. A producer that cannot abort is marked for
+ * renewal, whose initialization aborts it. count: whether the metrics count
+ * it (not a transaction that was opened for nothing). */
+static void svc_txn_abort(svc *s, int count) {
+    if (!s->txn_open) return;
+    s->txn_open = 0;
+    rd_kafka_error_t *e = rd_kafka_abort_transaction(s->producer, 30000);
+    if (e) {
+        if (!rd_kafka_error_is_fatal(e)) s->dr.fatal = 1;
+        svc_txn_failed(s, "aborting a transaction", e);
+    }
+    if (count) metrics_inc(MET_KAFKA_TXN_ABORTED, 1);
+}
+
+/* Commits the open transaction with offsets l (NULL: none) as the consumer
+ * group's, so that the input they cover and the output it caused become
+ * visible together or not at all. Retriable errors are retried a few times.
+ * Returns 0, or -1 after aborting (the caller reruns the input). */
+static int svc_txn_commit(svc *s, const rd_kafka_topic_partition_list_t *l) {
+    rd_kafka_error_t *e = NULL;
+    for (int attempt = 0; l && l->cnt && attempt < 3; attempt++) {
+        rd_kafka_consumer_group_metadata_t *md = rd_kafka_consumer_group_metadata(s->consumer);
+        e = rd_kafka_send_offsets_to_transaction(s->producer, l, md, 30000);
+        rd_kafka_consumer_group_metadata_destroy(md);
+        if (!e || !rd_kafka_error_is_retriable(e)) break;
+        log_warn("service", "sending offsets to the transaction: %s (retrying)",
+                 rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        e = NULL;
+    }
+    for (int attempt = 0; !e && attempt < 3; attempt++) {
+        e = rd_kafka_commit_transaction(s->producer, 60000);
+        if (!e) {
+            s->txn_open = 0;
+            metrics_inc(MET_KAFKA_TXN_COMMITTED, 1);
+            return 0;
+        }
+        if (!rd_kafka_error_is_retriable(e)) break;
+        log_warn("service", "committing a transaction: %s (retrying)", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+        e = NULL;
+    }
+    metrics_inc(MET_KAFKA_ERR_COMMIT, 1);
+    if (e) svc_txn_failed(s, "committing a transaction", e);
+    svc_txn_abort(s, 1);
+    return -1;
+}
+
+/* ---- committing ------------------------------------------------------------ */
+
+/* The offsets after batch f's input, per partition. */
+static rd_kafka_topic_partition_list_t *svc_offsets(svc *s, const svc_flight *f) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)f->n_spans);
     for (size_t i = 0; i < f->n_spans; i++)
         rd_kafka_topic_partition_list_add(l, svc_span_topic(s, &f->spans[i]),
                                           f->spans[i].partition)->offset = f->spans[i].max + 1;
+    return l;
+}
+
+/* Offsets l are committed: what they cover is done for good. */
+static void svc_offsets_committed(svc *s, const rd_kafka_topic_partition_list_t *l) {
+    for (int i = 0; i < l->cnt; i++) {
+        if (strcmp(l->elems[i].topic, s->t_click) == 0)
+            svc_set_committed(s, l->elems[i].partition, l->elems[i].offset);
+        else if (strcmp(l->elems[i].topic, s->t_trig) == 0)
+            svc_set_committed(s, l->elems[i].partition + INTENT_TRIGGER_PARTITION_BASE,
+                              l->elems[i].offset);
+        if (s->range)
+            range_done(s->range, svc_topic_kind(s, l->elems[i].topic), l->elems[i].partition,
+                       l->elems[i].offset);
+    }
+}
+
+/* Commits batch f's offsets, everything it produced being acknowledged
+ * (at_least_once). Returns 0 or -1 (offsets stay uncommitted; a later commit
+ * covers them, or they are processed again, harmlessly). */
+static int svc_commit(svc *s, const svc_flight *f) {
+    rd_kafka_topic_partition_list_t *l = svc_offsets(s, f);
     /* A dry run leaves no trace, not even in a group of its own. */
     rd_kafka_resp_err_t err = s->dry_run ? 0 : rd_kafka_commit(s->consumer, l, 0 /* sync */);
-    int rc = 0;
     if (err) {
         /* During a rebalance the coordinator refuses commits; the revoke
          * callback commits what is being given up. */
         log_warn("service", "commit: %s", rd_kafka_err2str(err));
         metrics_inc(MET_KAFKA_ERR_COMMIT, 1);
-        rc = -1;
     } else {
-        for (int i = 0; i < l->cnt; i++) {
-            if (strcmp(l->elems[i].topic, s->t_click) == 0)
-                svc_set_committed(s, l->elems[i].partition, l->elems[i].offset);
-            else if (strcmp(l->elems[i].topic, s->t_trig) == 0)
-                svc_set_committed(s, l->elems[i].partition + INTENT_TRIGGER_PARTITION_BASE,
-                                  l->elems[i].offset);
-            if (s->range)
-                range_done(s->range, svc_topic_kind(s, l->elems[i].topic), l->elems[i].partition,
-                           l->elems[i].offset);
-        }
+        svc_offsets_committed(s, l);
     }
+    rd_kafka_topic_partition_list_destroy(l);
+    return err ? -1 : 0;
+}
+
+/* Commits batch f's transaction -- its dead letters, copies and offsets
+ * (exactly_once). Returns 0, or -1 when it was aborted: f must run again. */
+static int svc_commit_txn(svc *s, const svc_flight *f) {
+    rd_kafka_topic_partition_list_t *l = svc_offsets(s, f);
+    int rc = svc_txn_commit(s, l);
+    if (rc == 0) svc_offsets_committed(s, l);
     rd_kafka_topic_partition_list_destroy(l);
     return rc;
 }
@@ -1313,6 +1471,8 @@ static void svc_flight_report(svc *s, const svc_flight *f, int64_t now_us) {
     metrics_inc(MET_BATCHES, 1);
 }
 
+static int svc_complete(svc *s, svc_flight *f);
+
 /* WRITING -> ACKING: reads the replies of f's Redis writes and, when every
  * one went through, produces f's copies. Returns 0, or -1 when f (and the
  * batches after it, whose states built on f's) must run again. */
@@ -1344,6 +1504,8 @@ static int svc_confirm(svc *s, svc_flight *f) {
         return -1;
     }
     atomic_store(&s->redis_ok, 1);
+    if (s->eos && svc_txn_begin(s) < 0) return -1;
+    if (svc_produce_dead_letters(s, f) < 0) return -1;
     size_t pos = 0;
     const uint8_t *p = (const uint8_t *)f->pub.p;
     while (pos < f->pub.len) {
@@ -1366,14 +1528,17 @@ static int svc_confirm(svc *s, svc_flight *f) {
         f->expected++;
     }
     f->phase = FLIGHT_ACKING;
-    return 0;
+    /* A transaction is committed at once: only one can be open, and the
+     * next batch's output must not join this one's offsets. */
+    return s->eos ? svc_complete(s, f) : 0;
 }
 
 /* ACKING -> FREE: waits for f's acks (they had a batch's time to arrive),
  * commits its offsets and reports it. Returns 0, or -1 when a message was not
  * delivered (the caller rewinds). */
 static int svc_complete(svc *s, svc_flight *f) {
-    if (svc_wait_acks(s, f) < 0) return -1;
+    /* A transaction's commit waits for its acks itself. */
+    if (!s->eos && svc_wait_acks(s, f) < 0) return -1;
     char err[512];
     if (bandit_wait(s->bandit, err, sizeof err) < 0) {
         metrics_inc(MET_REDIS_ERR_CONNECTION, 1);
@@ -1381,7 +1546,13 @@ static int svc_complete(svc *s, svc_flight *f) {
         log_error("service", "updating the bandit statistics: %s", err);
         return -1;
     }
-    int committed = svc_commit(s, f) == 0;
+    int committed;
+    if (s->eos) {
+        if (svc_commit_txn(s, f) < 0) return -1;
+        committed = 1;
+    } else {
+        committed = svc_commit(s, f) == 0;
+    }
     svc_flight_report(s, f, util_monotonic_us());
     f->phase = FLIGHT_FREE;
     if (committed) svc_refs_committed(s);
@@ -1491,11 +1662,14 @@ static void svc_recover(svc *s) {
         store_write_wait(s->store, &conflicts, why, sizeof why);
     }
     s->n_purges_sent = 0; /* perhaps not done: they go again */
+    if (s->eos) svc_txn_abort(s, 1); /* before anything else is produced */
     int fatal = s->dr.fatal;
     for (int k = 0; k < 3; k++) fatal |= s->flight[k].dr.fatal;
-    if (fatal) {
+    if (s->fenced) {
+        atomic_store(&s->kafka_ok, 0); /* stopping: a producer of ours must not come back */
+    } else if (fatal) {
         if (svc_renew_producer(s) < 0) atomic_store(&s->kafka_ok, 0);
-    } else {
+    } else if (!s->eos) {
         rd_kafka_flush(s->producer, 30000);
     }
     bandit_discard(s->bandit);
@@ -1990,9 +2164,26 @@ static void svc_scan_triggers(svc *s) {
     for (size_t i = 0; i < s->n_assigned; i++)
         if (strcmp(s->assigned[i].topic, s->t_click) == 0) owned[n++] = s->assigned[i].partition;
     char err[512];
-    if (triggers_scan(s->trig, s->producer, s->t_trig, s->trig_partitions, owned, n,
-                      util_now_ms(), 0, err, sizeof err) < 0)
+    /* Exactly once, triggers go out in a transaction of their own: they
+     * leave the due sets only once it is committed, so none is lost when
+     * it is aborted and none is seen twice (librdkafka keeps a transaction
+     * that produced nothing local). */
+    if (s->eos && (s->fenced || svc_txn_begin(s) < 0)) {
+        free(owned);
+        return;
+    }
+    long fired = triggers_scan(s->trig, s->producer, s->t_trig, s->trig_partitions, owned, n,
+                               util_now_ms(), 0, err, sizeof err);
+    if (fired < 0)
         log_warn("service", "producing due triggers: %s (again at the next look)", err);
+    if (s->eos) {
+        if (fired > 0 && svc_txn_commit(s, NULL) == 0) {
+            free(owned);
+            return;
+        }
+        svc_txn_abort(s, fired > 0);
+        triggers_unfire(s->trig);
+    }
     free(owned);
 }
 
@@ -2077,6 +2268,8 @@ static void svc_free(svc *s) {
         free(s->flight[k].polled_us);
         free(s->flight[k].copies);
         buf_free(&s->flight[k].pub);
+        svc_flight_reset(&s->flight[k], 0);
+        free(s->flight[k].dls);
     }
     if (s->rkt_react) rd_kafka_topic_destroy(s->rkt_react);
     if (s->rkt_trig) rd_kafka_topic_destroy(s->rkt_trig);
@@ -2186,6 +2379,11 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
     }
     s.exit_when_idle_ms = opt->exit_when_idle_ms;
     s.range = opt->range;
+    /* A bounded run commits in a group of its own, and its copies are
+     * republished byte for byte: at least once is what it promises
+     * (docs/GUARANTEES.md). */
+    if (s.range) s.eos = 0;
+    if (s.eos) svc_transactional_id(&s, group);
     s.dry_run = opt->dry_run;
     s.tick = opt->tick;
     s.ud = opt->ud;
@@ -2254,7 +2452,8 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
     /* state kept in memory must leave Redis alone, the bandit's counts too */
     if (opt->state_in_memory) bandit_set_read_only(s.bandit);
     atomic_store(&s.redis_ok, 1);
-    if (!(s.producer = kafka_producer_new(cfg, &s.dr, err, sizeof err))) goto startup_err;
+    if (!(s.producer = kafka_producer_new(cfg, &s.dr, s.eos ? s.txn_id : NULL, err, sizeof err)))
+        goto startup_err;
     const char *outputs[] = {s.t_copy, s.t_dlq, s.t_trig};
     if (kafka_producer_prepare(s.producer, outputs, 3, 10000, err, sizeof err) < 0)
         goto startup_err;
@@ -2296,12 +2495,13 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
     }
     atomic_store(&s.kafka_ok, 1);
     atomic_store(&s.ready, 1);
-    log_info("service", "running: %s + %s -> %s (group %s)", s.t_click, s.t_react, s.t_copy,
-             group ? group : "from kafka.group.id");
+    log_info("service", "running: %s + %s -> %s (group %s, %s%s)", s.t_click, s.t_react, s.t_copy,
+             group ? group : "from kafka.group.id", s.eos ? "exactly once, transactional id " :
+             "at least once", s.eos ? s.txn_id : "");
     svc_loop(&s);
     log_info("service", "stopping");
     atomic_store(&s.ready, 0);
-    rc = svc_shutdown(&s);
+    rc = svc_shutdown(&s) || s.fenced;
     double busy_s = (double)(s.last_commit_us - s.first_poll_us) / 1e6;
     log_info("service",
              "totals: events=%" PRIu64 " reactions=%" PRIu64 " triggers=%" PRIu64

@@ -55,6 +55,8 @@ typedef struct {
     uint64_t expected;        /* messages produced */
     kafka_delivery *dr;       /* their delivery count, on the heap: its address travels
                                * with every message, and the array of batches may move */
+    uint64_t scan;            /* the look that produced it */
+    int unfired;              /* its transaction was aborted: delivered or not, it stays due */
 } trigger_batch;
 
 static void trigger_due_free(trigger_due *d, long n) {
@@ -73,6 +75,7 @@ struct triggers {
     size_t scan_max;
     int64_t last_scan_ms;
     int backlog;              /* the last look left due entries behind */
+    uint64_t scans;           /* looks so far */
     buf key, val, scratch;
 };
 
@@ -439,7 +442,11 @@ static int trigger_settle(triggers *t, char *errstr, size_t errlen) {
             t->pending[keep++] = *b;
             continue;
         }
-        if (rc == 0 && b->dr->failed)
+        if (rc == 0 && b->unfired)
+            log_info("trigger", "%" PRIu64 " due triggers of partition %" PRId32
+                     " were in an aborted transaction: produced again later", b->expected,
+                     b->partition);
+        else if (rc == 0 && b->dr->failed)
             log_warn("trigger", "%" PRIu64 " due triggers of partition %" PRId32
                      " not delivered (%s): produced again later", b->dr->failed, b->partition,
                      rd_kafka_err2str(b->dr->last_err));
@@ -470,6 +477,7 @@ long triggers_scan(triggers *t, rd_kafka_t *producer, const char *topic, int n_p
     if (n_owned == 0) return 0;
     if (!force && !t->backlog && now_ms - t->last_scan_ms < t->scan_interval_ms) return 0;
     t->last_scan_ms = now_ms;
+    t->scans++;
     int backlog = t->backlog;
     t->backlog = 0;
     if (n_partitions <= 0) return 0;
@@ -505,7 +513,7 @@ long triggers_scan(triggers *t, rd_kafka_t *producer, const char *topic, int n_p
             return util_err(errstr, errlen, "out of memory");
         }
         trigger_batch *b = &t->pending[t->n_pending++];
-        *b = (trigger_batch){.partition = owned[k], .d = d, .n = n, .dr = dr};
+        *b = (trigger_batch){.partition = owned[k], .d = d, .n = n, .dr = dr, .scan = t->scans};
         for (long i = 0; i < n; i++) {
             if (!d[i].member) continue;
             if (d[i].stale) {
@@ -526,6 +534,13 @@ long triggers_scan(triggers *t, rd_kafka_t *producer, const char *topic, int n_p
     /* Nothing to wait for: removed at once (stale or malformed entries). */
     if (t->n_pending && trigger_settle(t, errstr, errlen) < 0) return -1;
     return fired;
+}
+
+void triggers_unfire(triggers *t) {
+    /* Freed only once every delivery report is in (trigger_settle): each
+     * message still carries the batch's counter. */
+    for (size_t i = 0; i < t->n_pending; i++)
+        if (t->pending[i].scan == t->scans) t->pending[i].unfired = 1;
 }
 
 void triggers_drain(triggers *t, rd_kafka_t *producer, int timeout_ms) {

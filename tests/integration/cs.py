@@ -215,7 +215,7 @@ class Deployment:
         topic = self.topics.get(topic_key, topic_key)
         c = Consumer({"bootstrap.servers": self.env["bootstrap"], "group.id": f"r-{uuid.uuid4()}",
                       "enable.auto.commit": False, "enable.partition.eof": True,
-                      "auto.offset.reset": "earliest"})
+                      "auto.offset.reset": "earliest", "isolation.level": "read_committed"})
         try:
             md = c.list_topics(topic, timeout=10)
             parts = list(md.topics[topic].partitions)
