@@ -683,7 +683,6 @@ static int svc_produce_dead_letters(svc *s, svc_flight *f) {
     char err[512];
     for (size_t i = 0; i < f->n_dls; i++) {
         svc_dead_letter_msg *d = &f->dls[i];
-        if (!d->hdrs) continue; /* produced by an earlier call */
         const rd_kafka_message_t *m = d->msg;
         if (kafka_produce(s->producer, s->t_dlq, m->key, m->key_len, m->payload, m->len, d->hdrs,
                           &f->dr, err, sizeof err) < 0) {
@@ -694,6 +693,9 @@ static int svc_produce_dead_letters(svc *s, svc_flight *f) {
         d->hdrs = NULL; /* librdkafka's now */
         f->expected++;
     }
+    /* Released at once: a consumer cannot be destroyed while one is held. */
+    for (size_t i = 0; i < f->n_dls; i++) rd_kafka_message_destroy(f->dls[i].msg);
+    f->n_dls = 0;
     return 0;
 }
 
@@ -1097,17 +1099,21 @@ static int svc_make_copies(svc *s) {
 
 /* ---- the batch -------------------------------------------------------------- */
 
+static void svc_flight_drop_dead_letters(svc_flight *f) {
+    for (size_t i = 0; i < f->n_dls; i++) {
+        if (f->dls[i].hdrs) rd_kafka_headers_destroy(f->dls[i].hdrs);
+        rd_kafka_message_destroy(f->dls[i].msg);
+    }
+    f->n_dls = 0;
+}
+
 static void svc_flight_reset(svc_flight *f, size_t n_locales) {
     f->phase = FLIGHT_FREE;
     f->n_spans = 0;
     memset(&f->dr, 0, sizeof f->dr);
     f->expected = 0;
     buf_reset(&f->pub);
-    for (size_t i = 0; i < f->n_dls; i++) {
-        if (f->dls[i].hdrs) rd_kafka_headers_destroy(f->dls[i].hdrs);
-        rd_kafka_message_destroy(f->dls[i].msg);
-    }
-    f->n_dls = 0;
+    svc_flight_drop_dead_letters(f);
     f->n_polled = 0;
     memset(f->events, 0, sizeof f->events);
     memset(f->reactions, 0, sizeof f->reactions);
@@ -2232,6 +2238,8 @@ static int svc_loop(svc *s) {
 
 static void svc_free(svc *s) {
     if (s->http) httpd_stop(s->http);
+    /* Messages held (dead letters of a failed batch) must go before their consumer. */
+    for (int k = 0; k < 3; k++) svc_flight_drop_dead_letters(&s->flight[k]);
     if (s->consumer) rd_kafka_destroy(s->consumer);
     if (s->catalog_consumer) {
         rd_kafka_consumer_close(s->catalog_consumer);
@@ -2268,7 +2276,6 @@ static void svc_free(svc *s) {
         free(s->flight[k].polled_us);
         free(s->flight[k].copies);
         buf_free(&s->flight[k].pub);
-        svc_flight_reset(&s->flight[k], 0);
         free(s->flight[k].dls);
     }
     if (s->rkt_react) rd_kafka_topic_destroy(s->rkt_react);

@@ -111,8 +111,10 @@ def test_known_clickstream_gives_expected_state_and_copies(deployment, redis_cli
     assert {m.key() for m in d.read_topic("copy")} == {b"alice", b"bob"}
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_poisoned_messages_are_dead_lettered_and_later_events_still_count(deployment,
-                                                                           redis_client):
+                                                                           redis_client,
+                                                                           guarantee):
     d = deployment
     d.send_catalog(CATALOG)
     good = cs.frame(1, d.click_schema, cs.click("g1", "carol", T0, "view", "phone-a", "phones"))
@@ -131,7 +133,7 @@ def test_poisoned_messages_are_dead_lettered_and_later_events_still_count(deploy
         d.produce("clickstream", "carol", value)
     d.produce("clickstream", "carol", later)
     d.flush()
-    d.run_until_idle(COPYSTREAM_INPUT_MAX__BYTES=4096)
+    d.run_until_idle(COPYSTREAM_INPUT_MAX__BYTES=4096, COPYSTREAM_PROCESSING_GUARANTEE=guarantee)
 
     dead = d.read_topic("dlq")
     assert len(dead) == len(poison)
