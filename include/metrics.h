@@ -61,6 +61,7 @@ typedef enum {
     MET_STATE_CACHE_HIT,          /* copystream_state_cache_total{result=...} */
     MET_STATE_CACHE_MISS,
     MET_STATE_CACHE_BYTES,        /* gauge copystream_state_cache_bytes */
+    MET_PAUSED,                   /* gauge copystream_paused: fetching paused for a backoff */
     MET_STATE_CACHE_EVICTIONS,    /* copystream_state_cache_evictions_total */
     MET_ASSIGNED_PARTITIONS,      /* gauge copystream_assigned_partitions */
     MET_BATCHES,                  /* copystream_batches_total */

@@ -277,6 +277,7 @@ typedef struct svc {
     int64_t last_activity_us;
     int64_t last_lag_us;
     int backoff_ms;
+    int64_t paused_until_us;  /* backpressure: the assignment is paused until then; 0: not */
     /* totals for the exit summary */
     uint64_t total_events, total_reactions, total_triggers, total_copies, total_dead;
     int64_t first_poll_us, last_commit_us;
@@ -2049,6 +2050,42 @@ static int svc_control_start(svc *s, char *errstr, size_t errlen) {
 
 /* ---- the loop ----------------------------------------------------------------- */
 
+/* The partitions assigned now, as a list for pause and resume. */
+static rd_kafka_topic_partition_list_t *svc_assignment(const svc *s) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_assigned + 1);
+    for (size_t i = 0; i < s->n_assigned; i++)
+        rd_kafka_topic_partition_list_add(l, s->assigned[i].topic, s->assigned[i].partition);
+    return l;
+}
+
+/* Backpressure after a failed batch (Redis down or slow, the broker away):
+ * the batch was rewound (svc_recover), and the assignment stops fetching
+ * for the backoff, so that nothing piles up in memory while the loop keeps
+ * polling -- serving rebalances, signals and the group's liveness. Every
+ * partition is paused, for they all share the one Redis. */
+static void svc_pause(svc *s) {
+    if (!s->n_assigned) return;
+    rd_kafka_topic_partition_list_t *l = svc_assignment(s);
+    rd_kafka_resp_err_t err = rd_kafka_pause_partitions(s->consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) log_warn("service", "pausing the assignment: %s", rd_kafka_err2str(err));
+    s->paused_until_us = util_monotonic_us() + (int64_t)s->backoff_ms * 1000;
+    metrics_set(MET_PAUSED, 1);
+    log_warn("service", "paused %zu partitions for %d ms before retrying", s->n_assigned,
+             s->backoff_ms);
+}
+
+static void svc_resume_if_due(svc *s) {
+    if (!s->paused_until_us || util_monotonic_us() < s->paused_until_us) return;
+    s->paused_until_us = 0;
+    metrics_set(MET_PAUSED, 0);
+    /* Partitions assigned meanwhile were never paused; resuming them is a no-op. */
+    rd_kafka_topic_partition_list_t *l = svc_assignment(s);
+    rd_kafka_resp_err_t err = rd_kafka_resume_partitions(s->consumer, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) log_warn("service", "resuming the assignment: %s", rd_kafka_err2str(err));
+}
+
 /* Polls until the batch is full or batch_wait_ms has passed since its first
  * message. Returns the number of items collected. */
 static size_t svc_collect(svc *s) {
@@ -2197,6 +2234,7 @@ static int svc_loop(svc *s) {
     s->last_activity_us = util_monotonic_us();
     while (!svc_stop_requested) {
         if (s->tick) s->tick(s->ud);
+        svc_resume_if_due(s);
         if (svc_range_finished(s)) {
             s->range_completed = 1;
             log_info("service", "bounded run: every partition read to its end; stopping");
@@ -2207,11 +2245,8 @@ static int svc_loop(svc *s) {
         svc_control_poll(s);
         svc_scan_triggers(s);
         if (svc_collect(s)) {
-            if (svc_process_batch(s) < 0) {
-                int64_t until = util_monotonic_us() + (int64_t)s->backoff_ms * 1000;
-                while (!svc_stop_requested && util_monotonic_us() < until) usleep(20000);
-            }
-        } else {
+            if (svc_process_batch(s) < 0) svc_pause(s);
+        } else if (!s->paused_until_us) {
             svc_settle(s);
             svc_flush_purges(s);
             char err[512];

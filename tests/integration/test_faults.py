@@ -202,8 +202,9 @@ def test_faults_redis_killed_and_restarted_mid_stream_loses_and_doubles_nothing(
     log = run_through(pair, [kill_redis, drop_connections,
                              lambda: pair["services"]("restart-redis")],
                       seed=11, guarantee=guarantee)
-    # The outage was really seen, and survived by retrying.
+    # The outage was really seen, and survived by retrying, fetching paused meanwhile.
     assert "will retry" in log, log
+    assert re.search(r"paused \d+ partitions for \d+ ms", log), log
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
