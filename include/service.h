@@ -23,6 +23,7 @@
 #ifndef COPYSTREAM_SERVICE_H
 #define COPYSTREAM_SERVICE_H
 
+#include <librdkafka/rdkafka.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,7 +45,10 @@ typedef struct {
                                  * goes to this function instead */
     void (*tick)(void *ud);     /* called on every turn of the loop (a few times a second
                                  * at least), on the service's thread */
-    void *ud;                   /* for dry_run and tick */
+    /* Fault injection (tests/tools/producer_fatal.c): called on every turn of the loop
+     * with the producer of the moment, which it may break (rd_kafka_test_fatal_error). */
+    void (*producer_hook)(void *ud, rd_kafka_t *producer);
+    void *ud;                   /* for dry_run, tick and producer_hook */
 } service_options;
 
 /* What a run did, counted over committed (or, in a dry run, finished)

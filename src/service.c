@@ -285,6 +285,7 @@ typedef struct svc {
     range *range;
     service_publish_fn dry_run;
     void (*tick)(void *ud);
+    void (*producer_hook)(void *ud, rd_kafka_t *producer);
     void *ud;
     int range_completed;
     /* health, read by the HTTP thread */
@@ -2234,6 +2235,7 @@ static int svc_loop(svc *s) {
     s->last_activity_us = util_monotonic_us();
     while (!svc_stop_requested) {
         if (s->tick) s->tick(s->ud);
+        if (s->producer_hook) s->producer_hook(s->ud, s->producer);
         svc_resume_if_due(s);
         if (svc_range_finished(s)) {
             s->range_completed = 1;
@@ -2428,6 +2430,7 @@ int service_run(const config *cfg, const service_options *opt, service_totals *t
     if (s.eos) svc_transactional_id(&s, group);
     s.dry_run = opt->dry_run;
     s.tick = opt->tick;
+    s.producer_hook = opt->producer_hook;
     s.ud = opt->ud;
     if (!(s.codec = commands_codec_new(cfg, err, sizeof err))) goto startup_err;
     if (!(s.tpl = templates_load(config_str(cfg, "copy.templates"), (const char *const *)s.locales,

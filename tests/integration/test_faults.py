@@ -261,3 +261,29 @@ def test_faults_one_of_three_instances_killed_the_others_take_over(env, redis_cl
         d.stop_all()
         if clean:
             clean.stop_all()
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_faults_fatal_producer_error_recreates_the_producer_losing_and_doubling_nothing(
+        env, redis_client, guarantee):
+    """librdkafka raises a fatal error (an idempotence sequence error) three times, copies
+    in flight when at least once; the service recreates its producer each time."""
+    d = cs.Deployment(env, **opts(guarantee))
+    clean = None
+    try:
+        d.run(["loadgen", "--catalog", "--count", "20000", "--users", "300", "--seed", "19",
+               "--quiet"])
+        p = subprocess.run([str(env["bin"].parent / "tools" / "producer_fatal"), "--every", "10",
+                            "--times", "3", "--exit-when-idle", "1500"], cwd=env["root"],
+                           env=d.process_env(), capture_output=True, text=True, timeout=180)
+        log = p.stdout + p.stderr
+        assert p.returncode == 0, log[-6000:]
+        assert log.count("recreating the producer after a fatal error") == 3, log[-6000:]
+        total = sum(d.end_offsets("clickstream"))
+        clean = clean_pass(d, 3, guarantee)
+        assert_matches_clean_pass(d, clean, redis_client, total, guarantee)
+        assert d.outbox_index_entries(redis_client) == 0
+    finally:
+        d.stop_all()
+        if clean:
+            clean.stop_all()
