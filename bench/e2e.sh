@@ -8,8 +8,9 @@
 # published once; then, ROUNDS times, the passthrough (consume, produce the
 # same message, commit after acks: bench/passthrough.c) and the service (same
 # input, fresh consumer group and fresh Redis key prefix) each drain it, one
-# right after the other; the service twice, with the affinity strategy only
-# and with the learned strategy on (e2e_model_*). Both report events per second from their first poll
+# right after the other; the service three times: with the affinity strategy
+# only, with the learned strategy on (e2e_model_*), and with the affinity
+# strategy exactly once (e2e_exactly_once_*: a Kafka transaction per batch). Both report events per second from their first poll
 # to their last commit. The ratio is taken within each round, where both saw
 # the same machine, and the median round is reported; the throughputs are
 # the best round of each. Output: `name value` lines.
@@ -50,7 +51,7 @@ service() {
     env COPYSTREAM_LOG_LEVEL=info COPYSTREAM_REDIS_KEY__PREFIX="b$1$2" "${@:3}" \
         "$BIN" run --group "svc-$1-$2" --exit-when-idle 2000 2>&1
 }
-best_pt=0 best_e2e=0 best_model=0 copies=0 ratios=() model_ratios=()
+best_pt=0 best_e2e=0 best_model=0 best_eos=0 copies=0 ratios=() model_ratios=() eos_ratios=()
 for round in $(seq 1 "$ROUNDS"); do
     pt=$(COPYSTREAM_TOPIC_COPY=passthrough "$BUILD/bench/passthrough" --group "pt-$round" \
          --exit-when-idle 2000 | rate)
@@ -58,15 +59,18 @@ for round in $(seq 1 "$ROUNDS"); do
     e2e=$(rate <<<"$log")
     copies=$(sed -n 's/.*copies=\([0-9]*\).*/\1/p' <<<"$log" | tail -n 1)
     model=$(service "$round" model COPYSTREAM_MODEL_PATH="$MODEL" | rate)
+    eos=$(service "$round" eos COPYSTREAM_PROCESSING_GUARANTEE=exactly_once | rate)
+    eos_ratios+=("$(awk -v e="$eos" -v p="$pt" 'BEGIN { printf "%.3f", e / p }')")
     ratio=$(awk -v e="$e2e" -v p="$pt" 'BEGIN { printf "%.3f", e / p }')
     model_ratio=$(awk -v e="$model" -v p="$pt" 'BEGIN { printf "%.3f", e / p }')
     ratios+=("$ratio")
     model_ratios+=("$model_ratio")
     echo "# round $round: passthrough $pt/s, copystream $e2e/s (ratio $ratio)," \
-         "with the model $model/s (ratio $model_ratio)" >&2
+         "with the model $model/s (ratio $model_ratio), exactly once $eos/s" >&2
     best_pt=$(max "$best_pt" "$pt")
     best_e2e=$(max "$best_e2e" "$e2e")
     best_model=$(max "$best_model" "$model")
+    best_eos=$(max "$best_eos" "$eos")
 done
 median() { sort -n | awk '{ r[NR] = $1 } END { print r[int((NR + 1) / 2)] }'; }
 
@@ -81,3 +85,5 @@ printf '%s\n' "${ratios[@]}" | sort -n | awk '{ r[NR] = $1 } END {
     print "e2e_vs_passthrough_min", r[1]
     print "e2e_vs_passthrough_max", r[NR] }'
 echo "e2e_model_vs_passthrough $(printf '%s\n' "${model_ratios[@]}" | median)"
+echo "e2e_exactly_once_events_per_s $best_eos"
+echo "e2e_exactly_once_vs_passthrough $(printf '%s\n' "${eos_ratios[@]}" | median)"
