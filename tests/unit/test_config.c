@@ -120,8 +120,8 @@ static void test_shipped_config_sets_every_key_to_its_builtin_default(void **sta
         assert_string_equal(la, lb);
         lines++;
     }
-    /* The 87 declared keys, 3 kafka and 4 schema id defaults. */
-    assert_int_equal(lines, 94);
+    /* The 88 declared keys, 3 kafka and 4 schema id defaults. */
+    assert_int_equal(lines, 95);
     free(a);
     free(b);
     config_free(shipped);
@@ -454,6 +454,28 @@ static void test_weaker_producer_acks_and_idempotence_are_refused(void **state) 
     }
 }
 
+static void test_uncommitted_reads_and_a_kafka_transactional_id_are_refused(void **state) {
+    (void)state;
+    char path[64], err[512];
+    const char *uncommitted[] = {"[kafka]\nisolation.level = read_uncommitted\n",
+                                 "[kafka]\nconsumer.isolation.level = read_uncommitted\n"};
+    for (size_t i = 0; i < sizeof uncommitted / sizeof uncommitted[0]; i++) {
+        if (load_text(uncommitted[i], NULL, path, sizeof path, err, sizeof err))
+            fail_msg("accepted: %s", uncommitted[i]);
+        assert_non_null(strstr(err, "reads only committed messages"));
+    }
+    assert_null(load_text("[kafka]\nproducer.transactional.id = x\n", NULL, path, sizeof path,
+                          err, sizeof err));
+    assert_non_null(strstr(err, "kafka.producer.transactional.id"));
+    assert_non_null(strstr(err, "processing.transactional_id"));
+    config *c = load_text("[kafka]\nconsumer.isolation.level = read_committed\n"
+                          "[processing]\nguarantee = exactly_once\ntransactional_id = pod-0\n",
+                          NULL, path, sizeof path, err, sizeof err);
+    if (!c) fail_msg("%s", err);
+    assert_string_equal(config_str(c, "processing.transactional_id"), "pod-0");
+    config_free(c);
+}
+
 static void test_config_is_secret_matches_passwords_and_sasl_secrets(void **state) {
     (void)state;
     assert_true(config_is_secret("redis.password"));
@@ -602,6 +624,7 @@ int main(void) {
         cmocka_unit_test(test_unknown_librdkafka_property_fails_with_librdkafka_reason),
         cmocka_unit_test(test_offset_commit_settings_are_refused_as_managed),
         cmocka_unit_test(test_weaker_producer_acks_and_idempotence_are_refused),
+        cmocka_unit_test(test_uncommitted_reads_and_a_kafka_transactional_id_are_refused),
         cmocka_unit_test(test_config_is_secret_matches_passwords_and_sasl_secrets),
         cmocka_unit_test(test_config_dump_masks_secrets),
         cmocka_unit_test(test_kafka_each_scopes_consumer_and_producer_keys),
