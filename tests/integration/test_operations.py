@@ -9,6 +9,8 @@ import socket
 import time
 import urllib.request
 
+import pytest
+
 import cs
 
 T0 = 1_700_000_000_000
@@ -35,9 +37,11 @@ def metric(page, name):
     return 0.0
 
 
-def test_metrics_count_what_happened_and_sigterm_stops_cleanly(env):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_metrics_count_what_happened_and_sigterm_stops_cleanly(env, guarantee):
     port = free_port()
-    d = cs.Deployment(env, COPYSTREAM_HTTP_PORT=port, COPYSTREAM_COPY_MIN__INTERVAL__S=0)
+    d = cs.Deployment(env, COPYSTREAM_HTTP_PORT=port, COPYSTREAM_COPY_MIN__INTERVAL__S=0,
+                      COPYSTREAM_PROCESSING_GUARANTEE=guarantee)
     try:
         d.send_catalog([cs.catalog_item("i1", {"en-US": "One"}, "c", [("a", {"en-US": "nice"})]),
                         cs.catalog_item("i2", {"en-US": "Two"}, "c", [("a", {"en-US": "nice"})])])
@@ -72,6 +76,12 @@ def test_metrics_count_what_happened_and_sigterm_stops_cleanly(env):
         assert lags and max(lags) == 0
         status, body = scrape(port, "/healthz")
         assert status == 200 and body.startswith("ok")
+        committed = metric(page, 'copystream_kafka_transactions_total{result="committed"}')
+        if guarantee == "exactly_once":
+            assert committed >= 1
+            assert metric(page, 'copystream_kafka_transactions_total{result="aborted"}') == 0
+        else:
+            assert committed == 0
 
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0
