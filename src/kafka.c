@@ -131,31 +131,38 @@ err:
     return NULL;
 }
 
+/* Makes conf transactional. A transaction outlives none of its messages:
+ * librdkafka refuses a message.timeout.ms above transaction.timeout.ms, so
+ * the first is lowered to the second (60 s unless set), for the non-
+ * transactional clients' longer default must not make exactly_once fail to
+ * start. */
+static int kafka_conf_transactional(rd_kafka_conf_t *conf, const char *id, char *errstr,
+                                    size_t errlen) {
+    char msg[32] = "", txn[32] = "";
+    size_t msg_len = sizeof msg, txn_len = sizeof txn;
+    if (kafka_conf_set(conf, "transactional.id", id, errstr, errlen) < 0) return -1;
+    if (rd_kafka_conf_get(conf, "message.timeout.ms", msg, &msg_len) == RD_KAFKA_CONF_OK &&
+        rd_kafka_conf_get(conf, "transaction.timeout.ms", txn, &txn_len) == RD_KAFKA_CONF_OK &&
+        atol(msg) > atol(txn))
+        return kafka_conf_set(conf, "message.timeout.ms", txn, errstr, errlen);
+    return 0;
+}
+
 rd_kafka_t *kafka_producer_new(const config *c, kafka_delivery *dr, const char *transactional_id,
                                char *errstr, size_t errlen) {
-    /* A transaction outlives none of its messages: librdkafka refuses a
-     * message.timeout.ms above transaction.timeout.ms (60 s by default). */
     static const char *const defaults[] = {
         "linger.ms", "5",
         "batch.num.messages", "10000",
         "compression.type", "lz4",
         "message.timeout.ms", "120000",
         NULL};
-    static const char *const txn_defaults[] = {
-        "linger.ms", "5",
-        "batch.num.messages", "10000",
-        "compression.type", "lz4",
-        "message.timeout.ms", "60000",
-        NULL};
     static const char *const forced[] = {
         "enable.idempotence", "true",
         "acks", "all",
         NULL};
-    rd_kafka_conf_t *conf = kafka_conf_build(c, "producer", transactional_id ? txn_defaults : defaults,
-                                             forced, errstr, errlen);
+    rd_kafka_conf_t *conf = kafka_conf_build(c, "producer", defaults, forced, errstr, errlen);
     if (!conf) return NULL;
-    if (transactional_id &&
-        kafka_conf_set(conf, "transactional.id", transactional_id, errstr, errlen) < 0) {
+    if (transactional_id && kafka_conf_transactional(conf, transactional_id, errstr, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }

@@ -40,8 +40,7 @@ def opts(guarantee):
         # A killed instance's open transaction holds back read_committed readers of the
         # partitions it wrote until the broker times it out: a short timeout keeps the test
         # short (a restarted instance with the same transactional id aborts it at once).
-        o.update(COPYSTREAM_KAFKA_PRODUCER_TRANSACTION_TIMEOUT_MS=10000,
-                 COPYSTREAM_KAFKA_PRODUCER_MESSAGE_TIMEOUT_MS=10000)
+        o.update(COPYSTREAM_KAFKA_PRODUCER_TRANSACTION_TIMEOUT_MS=10000)
     return o
 
 
