@@ -79,6 +79,8 @@ typedef struct {
     float *att;       /* (max(window^2, heads * round_up(window + 1, 16))) attention weights */
     float *kvf;       /* (2, window, dim) a state's keys, then values, widened to float
                        * for a prefill onto it */
+    float *kvs;       /* (rows, 2 * heads) the scales of each row's key and value heads */
+    int8_t *kvq;      /* (rows, 2 * dim) each row's key and value as a state stores them */
     float *act_mem;   /* the allocation the pointers above share */
 } model_runstate;
 
@@ -182,8 +184,8 @@ int model_kv_position(const model_kv *kv, int l, int pos, float *key /* (dim) */
                       float *value /* (dim) */);
 
 /* How KV states store keys and values, one head's n numbers at a time:
- * q (n) = x / s rounded to the nearest integer (ties to even), in -127..127,
- * for the scale s = max |x| / 127 rounded up to 17 significant bits (0, and
+ * q (n) = x times 1 / s rounded to the nearest integer (ties to even),
+ * within -127..127, for the scale s = max |x| / 127 rounded up to 17 significant bits (0, and
  * q zeros, when s would be under FLT_MIN; NaN and magnitudes beyond 2^64 are
  * taken as 2^64). Returns s.
  * Every q times s is exactly a float, and quantizing those floats again gives

@@ -411,6 +411,14 @@ static float f32_from(uint32_t u) {
     return f;
 }
 
+/* The scale for numbers whose largest magnitude (clamped to KV_MAX) is m:
+ * see kv_scale(). Below FLT_MIN it would lose bits and its exactness: the
+ * head, under 1.5e-36 in every number, is zeros. */
+static inline float kv_scale_of(float m) {
+    m /= 127.0f;
+    return m < 0x1p-126f ? 0.0f : f32_from((f32_bits(m) + 127) & ~127u);
+}
+
 /* The scale of x (n): max |x| / 127, rounded up to 17 significant bits (the
  * low 7 bits of the mantissa cleared), so that an integer of 7 bits times it
  * is exact and 127 times it, over 127, gives it back. */
@@ -429,48 +437,123 @@ KERNEL_INLINE float kv_scale(const float *restrict x, int n) {
         m = a > m ? a : m;
     }
     float l = lanes_max(lane);
-    m = (m > l ? m : l) / 127.0f;
-    /* Below FLT_MIN the scale would lose bits and its exactness: the head,
-     * under 1.5e-36 in every number, is zeros. */
-    return m < 0x1p-126f ? 0.0f : f32_from((f32_bits(m) + 127) & ~127u);
+    return kv_scale_of(m > l ? m : l);
 }
 
-/* x / s rounded to the nearest integer, ties to even, within -127..127
- * (NaN: 127), as a float. s > 0. */
-KERNEL_INLINE float kv_int(float x, float s) {
-    float v = x / s;
+/* x times inv (1 / the scale) rounded to the nearest integer, ties to even,
+ * within -127..127 (NaN: 127), as a float. The clamps are written as the
+ * vector min and max behave, so that every build rounds alike. */
+KERNEL_INLINE float kv_int(float x, float inv) {
+    float v = x * inv;
     v = v < 127.0f ? v : 127.0f;
     v = v > -127.0f ? v : -127.0f;
     return (v + KV_ROUND) - KV_ROUND;
 }
 
+/* q (n) = kv_int() of x (n), LANES at a time. */
+KERNEL_INLINE void kv_ints(int8_t *restrict q, const float *restrict x, float inv, int n) {
+    int nv = n & ~(LANES - 1);
+    for (int j = 0; j < nv; j += LANES)
+        for (int k = 0; k < LANES; k++) q[j + k] = (int8_t)kv_int(x[j + k], inv);
+    for (int j = nv; j < n; j++) q[j] = (int8_t)kv_int(x[j], inv);
+}
+
+/* 1 / s, and 0 for 0, which makes every integer 0. */
+static inline float kv_inverse(float s) { return s > 0 ? 1.0f / s : 0.0f; }
+
 float model_kv_quantize(const float *x, int n, int8_t *q) {
     float s = kv_scale(x, n);
-    for (int i = 0; i < n; i++) q[i] = s > 0 ? (int8_t)kv_int(x[i], s) : 0;
+    kv_ints(q, x, kv_inverse(s), n);
     return s;
 }
 
 /* x (heads, hd) = each head's hd numbers quantized (model_kv_quantize()) and
- * widened back to float, exactly what a state will hold. */
-static void MODEL_KERNEL kv_round(float *restrict x, int heads, int hd) {
-    for (float *p = x; p < x + (size_t)heads * hd; p += hd) {
-        float s = kv_scale(p, hd);
-        if (s > 0)
-            for (int i = 0; i < hd; i++) p[i] = kv_int(p[i], s) * s;
-        else
-            memset(p, 0, (size_t)hd * sizeof *p);
+ * widened back to float, exactly what a state will hold; q (heads, hd) and
+ * sc (heads) = the integers and scales, for kv_store(). */
+static void MODEL_KERNEL kv_round_portable(float *restrict x, int heads, int hd,
+                                           int8_t *restrict q, float *restrict sc) {
+    int nv = hd & ~(LANES - 1);
+    for (int h = 0; h < heads; h++) {
+        float *p = x + (size_t)h * hd;
+        int8_t *o = q + (size_t)h * hd;
+        float s = sc[h] = kv_scale(p, hd), inv = kv_inverse(s);
+        for (int j = 0; j < nv; j += LANES)
+            for (int k = 0; k < LANES; k++) {
+                float v = kv_int(p[j + k], inv);
+                o[j + k] = (int8_t)(int32_t)v;
+                p[j + k] = v * s;
+            }
+        for (int j = nv; j < hd; j++) {
+            float v = kv_int(p[j], inv);
+            o[j] = (int8_t)(int32_t)v;
+            p[j] = v * s;
+        }
     }
 }
 
-/* q (hd) and the return value: x (hd), which kv_round() has left as a state
- * holds it, as integers and scale (exactly: see kv_scale()). */
-KERNEL_INLINE float kv_narrow(int8_t *restrict q, const float *restrict x, int hd) {
-    float s = kv_scale(x, hd);
-    if (s > 0)
-        for (int i = 0; i < hd; i++) q[i] = (int8_t)kv_int(x[i], s);
-    else
-        memset(q, 0, (size_t)hd);
-    return s;
+#if MODEL_X86
+/* kv_round_portable() in intrinsics, which GCC does not find for its clamps
+ * and narrowing. Every operation is the portable one's: min and max as its
+ * clamps are written, a conversion that rounds to nearest even as adding and
+ * taking away KV_ROUND does, so that both give the same bits. hd a multiple
+ * of 16. */
+static void TARGET_V4 kv_round_avx512(float *restrict x, int heads, int hd, int8_t *restrict q,
+                                      float *restrict sc) {
+    const __m512 top = _mm512_set1_ps(KV_MAX), hi = _mm512_set1_ps(127.0f),
+                 lo = _mm512_set1_ps(-127.0f);
+    for (int h = 0; h < heads; h++) {
+        float *p = x + (size_t)h * hd;
+        int8_t *o = q + (size_t)h * hd;
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < hd; j += 16)
+            m = _mm512_max_ps(_mm512_min_ps(_mm512_abs_ps(_mm512_loadu_ps(p + j)), top), m);
+        float s = sc[h] = kv_scale_of(_mm512_reduce_max_ps(m));
+        __m512 inv = _mm512_set1_ps(kv_inverse(s)), vs = _mm512_set1_ps(s);
+        for (int j = 0; j < hd; j += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(p + j), inv);
+            __m512i i = _mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(v, hi), lo));
+            _mm_storeu_si128((__m128i *)(o + j), _mm512_cvtepi32_epi8(i));
+            _mm512_storeu_ps(p + j, _mm512_mul_ps(_mm512_cvtepi32_ps(i), vs));
+        }
+    }
+}
+
+/* The same for AVX2; hd a multiple of 8. */
+static void TARGET_V3 kv_round_avx2(float *restrict x, int heads, int hd, int8_t *restrict q,
+                                    float *restrict sc) {
+    const __m256 top = _mm256_set1_ps(KV_MAX), hi = _mm256_set1_ps(127.0f),
+                 lo = _mm256_set1_ps(-127.0f), sign = _mm256_set1_ps(-0.0f);
+    for (int h = 0; h < heads; h++) {
+        float *p = x + (size_t)h * hd;
+        int8_t *o = q + (size_t)h * hd;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < hd; j += 8)
+            m = _mm256_max_ps(_mm256_min_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(p + j)), top),
+                              m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float s = sc[h] = kv_scale_of(_mm_cvtss_f32(m4));
+        __m256 inv = _mm256_set1_ps(kv_inverse(s)), vs = _mm256_set1_ps(s);
+        for (int j = 0; j < hd; j += 8) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(p + j), inv);
+            __m256i i = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(v, hi), lo));
+            __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+            _mm_storel_epi64((__m128i *)(o + j), _mm_packs_epi16(w, w));
+            _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_cvtepi32_ps(i), vs));
+        }
+    }
+}
+#endif
+
+/* kv_round_portable() in the widest build the CPU runs for head size hd. */
+static void kv_round(float *x, int heads, int hd, int8_t *q, float *sc) {
+#if MODEL_X86
+    int isa = kv_level();
+    if (isa == ISA_AVX512 && hd % 16 == 0) return kv_round_avx512(x, heads, hd, q, sc);
+    if (isa >= ISA_AVX2 && hd % 8 == 0) return kv_round_avx2(x, heads, hd, q, sc);
+#endif
+    kv_round_portable(x, heads, hd, q, sc);
 }
 
 /* A step's attention: out (d) = softmax(scale q_h . keys_h) @ values_h for
@@ -822,38 +905,30 @@ static float *kv_value_scales(const model_kv *kv, int l) {
     return kv->scale + (size_t)(kv->n_layers + l) * kv->n_heads * kv->cap;
 }
 
-/* Stores position pos's key and value, from qkv's row (3*dim: its key and
- * value as kv_round() left them, so stored without loss), in layer l of kv,
+/* Stores position pos's key and value, as kv_round() quantized them -- q
+ * (2 dim: the key's heads, then the value's) and sc (2 H) -- in layer l of kv,
  * whose capacity holds pos. A position that starts a block of keys clears the
  * block and its scales, keys' and values', first: the lanes of positions not
  * yet held are zeros, never garbage, when a step computes a whole block. */
-static void kv_store(model_kv *kv, int l, int pos, const float *qkv) {
+static void kv_store(model_kv *kv, int l, int pos, const int8_t *q, const float *sc) {
     int d = kv->dim, H = kv->n_heads, hd = d / H;
     size_t head = (size_t)kv->cap * hd; /* numbers in one head's keys */
     int8_t *keys = kv->key + (size_t)l * H * head + (size_t)(pos / KV_B) * hd * KV_B;
-    float *ks = kv_key_scales(kv, l), *vs = kv_value_scales(kv, l);
+    float *ks = kv_key_scales(kv, l) + pos, *vs = kv_value_scales(kv, l) + pos;
     if (pos % KV_B == 0)
         for (int h = 0; h < H; h++) {
             memset(keys + h * head, 0, (size_t)hd * KV_B);
-            memset(ks + (size_t)h * kv->cap + pos, 0, KV_B * sizeof *ks);
-            memset(vs + (size_t)h * kv->cap + pos, 0, KV_B * sizeof *vs);
+            memset(ks + (size_t)h * kv->cap, 0, KV_B * sizeof *ks);
+            memset(vs + (size_t)h * kv->cap, 0, KV_B * sizeof *vs);
         }
-    int8_t part[64];
     keys += pos % KV_B;
     for (int h = 0; h < H; h++) {
-        /* a head's key, 64 at a time, each part's scale that of the whole */
-        ks[(size_t)h * kv->cap + pos] = kv_scale(qkv + d + h * hd, hd);
-        for (int j0 = 0; j0 < hd; j0 += 64) {
-            int c = hd - j0 < 64 ? hd - j0 : 64;
-            int8_t *k = keys + h * head + (size_t)j0 * KV_B;
-            float s = ks[(size_t)h * kv->cap + pos];
-            for (int j = 0; j < c; j++)
-                part[j] = s > 0 ? (int8_t)kv_int(qkv[d + h * hd + j0 + j], s) : 0;
-            for (int j = 0; j < c; j++) k[(size_t)j * KV_B] = part[j];
-        }
-        int8_t *v = kv->value + ((size_t)l * kv->cap + pos) * d + h * hd;
-        vs[(size_t)h * kv->cap + pos] = kv_narrow(v, qkv + 2 * d + h * hd, hd);
+        int8_t *k = keys + h * head;
+        for (int j = 0; j < hd; j++) k[(size_t)j * KV_B] = q[h * hd + j];
+        ks[(size_t)h * kv->cap] = sc[h];
+        vs[(size_t)h * kv->cap] = sc[H + h];
     }
+    memcpy(kv->value + ((size_t)l * kv->cap + pos) * d, q + d, (size_t)d);
 }
 
 /* Widens the first n positions of layer l of kv to float rows: keys (n, dim)
@@ -936,7 +1011,9 @@ static void attention_forward(const model *m, model_runstate *rs, int l, model_k
     for (int i = 0; i < n; i++) {
         float *r = qkv + (size_t)i * 3 * d;
         rope_forward(m, r, n0 + i);
-        kv_round(r + d, 2 * H, hd); /* the key and the value, side by side */
+        /* the key and the value, side by side */
+        kv_round(r + d, 2 * H, hd, rs->kvq + (size_t)(row + i) * 2 * d,
+                 rs->kvs + (size_t)(row + i) * 2 * H);
     }
     float scale = 1.0f / sqrtf((float)hd);
     float *atty = rs->atty + (size_t)row * d;
@@ -946,7 +1023,7 @@ static void attention_forward(const model *m, model_runstate *rs, int l, model_k
         size_t layer = (size_t)l * kv->cap * d;
         kv_attend_kernel(hd)(atty, qkv, kv->key + layer, kv->value + layer, kv_key_scales(kv, l),
                              kv_value_scales(kv, l), kv->cap, H, hd, n0, scale, rs->att);
-        kv_store(kv, l, n0, qkv);
+        kv_store(kv, l, n0, rs->kvq + (size_t)row * 2 * d, rs->kvs + (size_t)row * 2 * H);
         return;
     }
     /* keys and values (T, d), rows ld apart: these rows' own, or the state's
@@ -971,7 +1048,8 @@ static void attention_forward(const model *m, model_runstate *rs, int l, model_k
         matmul(atty + h * hd, rs->att, values + h * hd, n, hd, T, T, ld, d, 0, 0.0f);
     }
     if (kv)
-        for (int i = 0; i < n; i++) kv_store(kv, l, n0 + i, qkv + (size_t)i * 3 * d);
+        for (int i = row; i < row + n; i++)
+            kv_store(kv, l, n0 + i - row, rs->kvq + (size_t)i * 2 * d, rs->kvs + (size_t)i * 2 * H);
 }
 
 /* The L blocks over rows [0, R) of rs->x: n_users users of R / n_users new
@@ -1186,7 +1264,8 @@ model_runstate *model_runstate_new(const model *m, int max_batch) {
     size_t R = (size_t)(max_batch > c->window ? max_batch : c->window), d = c->dim;
     size_t W = c->window, att = W * W, step_att = c->n_heads * round_up(W + 1, KV_B);
     if (step_att > att) att = step_att;
-    size_t floats = R * (7 * d + c->hidden) + att + 2 * W * d;
+    size_t floats = R * (7 * d + c->hidden) + att + 2 * W * d + R * 2 * c->n_heads +
+                    (R * 2 * d + sizeof(float) - 1) / sizeof(float);
     if (!(rs->act_mem = calloc(floats, sizeof(float)))) {
         free(rs);
         return NULL;
@@ -1201,7 +1280,9 @@ model_runstate *model_runstate_new(const model *m, int max_batch) {
     rs->atty = p, p += R * d;
     rs->hb = p, p += R * c->hidden;
     rs->att = p, p += att;
-    rs->kvf = p;
+    rs->kvf = p, p += 2 * W * d;
+    rs->kvs = p, p += R * 2 * c->n_heads;
+    rs->kvq = (int8_t *)p;
     return rs;
 }
 
