@@ -237,7 +237,7 @@ int model_step(const model *m, model_runstate *rs, model_kv *const *kvs,
                size_t errlen);
 
 /* The user state after tokens[0..n), recomputed from nothing without a KV
- * state (positions 0..n-1, n <= W), its keys and values rounded to binary16
+ * state (positions 0..n-1, n <= W), its keys and values quantized to 8 bits
  * as a state's are. The reference the cached paths are tested against, and
  * the cost they save. Returns 0 or -1 with errstr. */
 int model_forward_full(const model *m, model_runstate *rs, const model_token *tokens, int n,
