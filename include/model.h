@@ -184,13 +184,13 @@ int model_kv_position(const model_kv *kv, int l, int pos, float *key /* (dim) */
                       float *value /* (dim) */);
 
 /* How KV states store keys and values, one head's n numbers at a time:
- * q (n) = x times 1 / s rounded to the nearest integer (ties to even),
- * within -127..127, for the scale s = max |x| / 127 rounded up to 17 significant bits (0, and
- * q zeros, when s would be under FLT_MIN; NaN and magnitudes beyond 2^64 are
- * taken as 2^64). Returns s.
- * Every q times s is exactly a float, and quantizing those floats again gives
- * the same q and s: what lets a state store, without further loss, keys and
- * values a pass has already quantized and attended to. */
+ * q (n) = x times 1 / s rounded to the nearest integer (ties to even), within
+ * -127..127, for the scale s = max |x| / 127 rounded up to 17 significant
+ * bits (0, and q zeros, when s would be under FLT_MIN; NaN and magnitudes
+ * beyond 2^64 are taken as 2^64). Returns s. Every q times s is exactly a
+ * float, and quantizing those floats again gives the same q and s: what lets
+ * a state store, without further loss, keys and values a pass has already
+ * quantized and attended to. */
 float model_kv_quantize(const float *x, int n, int8_t *q);
 
 /* A step's attention over 8-bit states has kernels for AVX-512, for AVX2

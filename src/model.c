@@ -357,14 +357,15 @@ static void MODEL_KERNEL softmax_forward(float *restrict x, int n, int T, float 
  * that integer times scale is exactly a float and quantizing it again gives
  * the same integers and scale (model_kv_quantize()).
  *
- * The step's attention is written three times -- AVX-512 and AVX2 as
- * intrinsics, whose blocking GCC does not find by itself, and portable C --
- * and the widest the CPU runs is chosen when the first model is opened, as
- * target_clones would (valgrind, which emulates no AVX-512, gets AVX2). The
- * quantization itself is one function, built as the other kernels are: its
- * operations (a maximum, a division, a rounding, an exact product) give the
- * same bits however they are vectorized. The kernels' sums differ by float
- * rounding, like the other kernels'. */
+ * The step's attention and the quantization are written three times --
+ * AVX-512 and AVX2 as intrinsics, and portable C -- and the widest the CPU
+ * runs is chosen when the first model is opened, as target_clones would
+ * (valgrind, which emulates no AVX-512, gets AVX2): GCC finds neither the
+ * attention's blocking nor good vectors for the quantization's clamps and
+ * narrowing, and the same body left to it ran five times slower. The three
+ * quantizations are made of the same operations (a maximum, a multiply, min
+ * and max, a rounding, an exact product) and give the same bits; the
+ * attention kernels' sums differ by float rounding, like the other kernels'. */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define MODEL_X86 1
