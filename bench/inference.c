@@ -34,15 +34,16 @@
  *   score_12101_items_64_users_ms     one sgemm [64 x d] x [d x 12101] and a top-10 per user
  *                                     that skips 1% of the items
  *   kv_bytes_per_user_full_window     one user's KV state holding the whole window: keys and
- *                                     values in binary16, 2 * L * round_up(W, 16) * d * 2,
- *                                     plus a 64-byte header
+ *                                     values in bytes with a float scale per position and
+ *                                     head, 2 * L * round_up(W, 16) * (d + 4 * H), plus a
+ *                                     64-byte header
  *   kv_bytes_per_user_9_events        the same for a user with 9 events, the mean history of
  *                                     Amazon Beauty's users (states grow with their positions)
  *   kv_bytes_per_user_batch_mean      the mean over the batch's states (1 to W-1 positions)
  *
- * The states stepped are the same ones every round (64 users' take 4.3 MB,
- * of which a step reads 3.4 MB), more than the core's L2 cache holds: they
- * stream from L3. The service's states come from memory as users
+ * The states stepped are the same ones every round (64 users' take 2.4 MB,
+ * of which a step reads 1.9 MB), with the model's weights more than the
+ * core's L2 cache holds: they stream from L3. The service's states come from memory as users
  * arrive, which costs more.
  *
  * OpenBLAS picks its kernels for the CPU it detects (openblas_core); a CPU

@@ -9,7 +9,7 @@
  *
  * A model is a read-only mapping of a model file (docs/MODEL.md has the
  * layout); any number of run states and KV states may use it. A KV state
- * (model_kv) holds one user's keys and values, in half precision, for up to
+ * (model_kv) holds one user's keys and values, in 8 bits, for up to
  * `window` positions, so that a new event costs one position instead of the
  * whole history.
  * Nothing here is thread-safe: a run state and the KV states it advances
@@ -79,21 +79,24 @@ typedef struct {
     float *att;       /* (max(window^2, heads * round_up(window + 1, 16))) attention weights */
     float *kvf;       /* (2, window, dim) a state's keys, then values, widened to float
                        * for a prefill onto it */
+    float *kvs;       /* (rows, 2 * heads) the scales of each row's key and value heads */
+    int8_t *kvq;      /* (rows, 2 * dim) each row's key and value as a state stores them */
     float *act_mem;   /* the allocation the pointers above share */
 } model_runstate;
 
 /* Positions of a KV state's key blocks (below) and its unit of capacity. */
 #define MODEL_KV_BLOCK 16
 
-/* One user's keys and values, stored as IEEE binary16 (half precision): the
- * header, and the arrays in an allocation of their own that grows with the
- * positions held -- MODEL_KV_BLOCK, then doubling, up to the window -- so
- * that a user with a short history costs a small state (model_kv_bytes_at()).
- * Every pass rounds keys and values to binary16 before attending to them,
- * whether or not it keeps them (docs/MODEL.md), so a state holds exactly the
- * keys and values a full recompute uses. Positions are counted from the
- * state's last rebuild (see model_window_positions()). Read positions with
- * model_kv_position(); the layout is the engine's. */
+/* One user's keys and values, stored as 8-bit integers with a float scale
+ * per position and head (model_kv_quantize()): the header, and the arrays in
+ * an allocation of their own that grows with the positions held --
+ * MODEL_KV_BLOCK, then doubling, up to the window -- so that a user with a
+ * short history costs a small state (model_kv_bytes_at()). Every pass
+ * quantizes keys and values so before attending to them, whether or not it
+ * keeps them (docs/MODEL.md), so a state holds exactly the keys and values a
+ * full recompute uses. Positions are counted from the state's last rebuild
+ * (see model_window_positions()). Read positions with model_kv_position();
+ * the layout is the engine's. */
 typedef struct {
     uint64_t model_tag;   /* the model's checksum: a state is only valid with its model */
     size_t bytes;         /* header and arrays as allocated now: what a cache charges */
@@ -102,9 +105,11 @@ typedef struct {
     int cap;              /* positions the arrays have room for: 0, or a multiple of
                            * MODEL_KV_BLOCK (the last one may pass W) */
     int n_layers, dim, n_heads; /* the shape of the model it was made for */
-    uint16_t *key;        /* (L, H, cap / BLOCK, head_dim, BLOCK) keys after rotation, in
+    float *scale;         /* (2, L, H, cap) the keys' scales, then the values': a key or
+                           * value is its head's scale times its integers */
+    int8_t *key;          /* (L, H, cap / BLOCK, head_dim, BLOCK) keys after rotation, in
                            * blocks of BLOCK positions, each a head's rows of BLOCK */
-    uint16_t *value;      /* (L, cap, dim) */
+    int8_t *value;        /* (L, cap, dim) */
 } model_kv;
 
 /* One event as the model sees it. An item the model never saw has item = -1
@@ -167,7 +172,7 @@ void model_kv_free(model_kv *kv);
  * Returns 0, or -1 when kv was made for a model of another size (make a new one). */
 int model_kv_reset(const model *m, model_kv *kv);
 /* Bytes of a state that holds the whole window: a 64-byte header plus
- * 2 * L * round_up(W, MODEL_KV_BLOCK) * dim * 2. */
+ * 2 * L * round_up(W, MODEL_KV_BLOCK) * (dim + 4 * n_heads). */
 size_t model_kv_bytes(const model_config *c);
 /* Bytes of a state that has held up to `positions` positions since it was made
  * (0..W): its capacity is the first of BLOCK, 2 BLOCK, 4 BLOCK, ... that holds
@@ -178,15 +183,20 @@ size_t model_kv_bytes_at(const model_config *c, int positions);
 int model_kv_position(const model_kv *kv, int l, int pos, float *key /* (dim) */,
                       float *value /* (dim) */);
 
-/* IEEE binary16, as KV states store keys and values: a float rounded to the
- * nearest (ties to even; beyond +-65504, +-65504), and back. */
-uint16_t model_half_from_float(float x);
-float model_half_to_float(uint16_t h);
+/* How KV states store keys and values, one head's n numbers at a time:
+ * q (n) = x times 1 / s rounded to the nearest integer (ties to even), within
+ * -127..127, for the scale s = max |x| / 127 rounded up to 17 significant
+ * bits (0, and q zeros, when s would be under FLT_MIN; NaN and magnitudes
+ * beyond 2^64 are taken as 2^64). Returns s. Every q times s is exactly a
+ * float, and quantizing those floats again gives the same q and s: what lets
+ * a state store, without further loss, keys and values a pass has already
+ * quantized and attended to. */
+float model_kv_quantize(const float *x, int n, int8_t *q);
 
-/* A step's attention over binary16 states has kernels for AVX-512, for AVX2
- * (both with F16C) and in portable C; the widest the CPU runs is used. With
- * on nonzero, the portable ones are used instead, as on a CPU without F16C:
- * for the tests. Process-wide, not thread-safe; call it between passes. */
+/* A step's attention over 8-bit states has kernels for AVX-512, for AVX2
+ * and in portable C; the widest the CPU runs is used. With on nonzero, the
+ * portable ones are used instead, as on a CPU without AVX2: for the tests.
+ * Process-wide, not thread-safe; call it between passes. */
 void model_use_portable_kernels(int on);
 
 /* The window policy. A state holds at most W positions; when an event would
@@ -227,7 +237,7 @@ int model_step(const model *m, model_runstate *rs, model_kv *const *kvs,
                size_t errlen);
 
 /* The user state after tokens[0..n), recomputed from nothing without a KV
- * state (positions 0..n-1, n <= W), its keys and values rounded to binary16
+ * state (positions 0..n-1, n <= W), its keys and values quantized to 8 bits
  * as a state's are. The reference the cached paths are tested against, and
  * the cost they save. Returns 0 or -1 with errstr. */
 int model_forward_full(const model *m, model_runstate *rs, const model_token *tokens, int n,

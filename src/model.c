@@ -8,8 +8,8 @@
  * and they share every layer but attention's source of keys: a step advances
  * B users by one position each, a prefill appends n positions of one user,
  * both attending through the users' KV states; the full recompute attends to
- * its own rows and keeps nothing. All three round keys and values to
- * binary16, the form states keep them in. A step's attention, one query
+ * its own rows and keeps nothing. All three quantize keys and values to
+ * 8 bits, the form states keep them in. A step's attention, one query
  * against a state, has a kernel of its own, written for AVX-512, AVX2 and in
  * portable C. The tests hold the first two passes to the third. */
 #define _GNU_SOURCE
@@ -343,25 +343,29 @@ static void MODEL_KERNEL softmax_forward(float *restrict x, int n, int T, float 
 }
 
 /* ---------------------------------------------------------------------------
- * binary16 keys and values
+ * 8-bit keys and values
  *
  * A step reads every position of each user's state, and a batch's states do
  * not fit in the core's L2 cache: a step's attention waits on memory, not on
- * arithmetic. So states keep keys and values in IEEE binary16, half the bytes
- * of float (as llama.cpp's KV cache does by default), widened to float as
- * they are read, every sum in float. So that a state holds exactly what a
- * full recompute uses, every pass rounds each position's key and value to
- * binary16 (kv_round) before attending to them, and a state stores them
- * without further loss.
+ * arithmetic. So states keep keys and values as 8-bit integers, a quarter of
+ * the bytes of float, with one float scale per position and head (symmetric,
+ * absmax: llama.cpp's q8_0 KV cache does the like with a scale per 32
+ * numbers), widened to float as they are read, every sum in float. So that a
+ * state holds exactly what a full recompute uses, every pass quantizes each
+ * position's key and value (kv_round) before attending to them, and a state
+ * stores them without further loss: the scale keeps 17 significant bits, so
+ * that integer times scale is exactly a float and quantizing it again gives
+ * the same integers and scale (model_kv_quantize()).
  *
- * F16C converts 8 or 16 halves in one instruction, but GCC 12 does not
- * vectorize _Float16 conversions, and the default clone of a target_clones
- * function cannot hold F16C instructions. So the kernels here are written
- * three times -- AVX-512 and AVX2, both with F16C, as intrinsics, and portable
- * C -- and the widest the CPU runs is chosen when the first model is opened,
- * as target_clones would (valgrind, which emulates no AVX-512, gets AVX2).
- * All three round alike (to nearest, ties to even); their sums differ by
- * float rounding, like the other kernels'. */
+ * The step's attention and the quantization are written three times --
+ * AVX-512 and AVX2 as intrinsics, and portable C -- and the widest the CPU
+ * runs is chosen when the first model is opened, as target_clones would
+ * (valgrind, which emulates no AVX-512, gets AVX2): GCC finds neither the
+ * attention's blocking nor good vectors for the quantization's clamps and
+ * narrowing, and the same body left to it ran five times slower. The three
+ * quantizations are made of the same operations (a maximum, a multiply, min
+ * and max, a rounding, an exact product) and give the same bits; the
+ * attention kernels' sums differ by float rounding, like the other kernels'. */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define MODEL_X86 1
@@ -373,7 +377,8 @@ static void MODEL_KERNEL softmax_forward(float *restrict x, int n, int T, float 
 #endif
 
 #define KV_B MODEL_KV_BLOCK
-#define HALF_MAX 65504.0f /* the largest finite binary16 */
+#define KV_MAX 0x1p64f    /* larger magnitudes, and NaN, are taken as this */
+#define KV_ROUND 0x1.8p23f /* added and taken away, rounds |v| < 2^22 to an integer */
 
 enum { ISA_PORTABLE, ISA_AVX2, ISA_AVX512 };
 static int kv_isa;            /* what the CPU runs, set once by kv_isa_init() */
@@ -407,243 +412,263 @@ static float f32_from(uint32_t u) {
     return f;
 }
 
-/* Round to nearest, ties to even (F. Giesen's float_to_half_fast3_rtne),
- * after a clamp to +-HALF_MAX written as the vector kernels' min and max
- * behave, so that a NaN becomes HALF_MAX there as here. */
-uint16_t model_half_from_float(float x) {
-    x = x < HALF_MAX ? x : HALF_MAX;
-    x = x > -HALF_MAX ? x : -HALF_MAX;
-    uint32_t f = f32_bits(x), sign = f & 0x80000000u;
-    f ^= sign;
-    uint16_t o;
-    if (f < 113u << 23) {
-        /* Under 2^-14, a subnormal half or zero: adding 0.5 leaves the
-         * multiple of 2^-24 nearest x in the low bits, rounded by the FPU. */
-        o = (uint16_t)(f32_bits(f32_from(f) + 0.5f) - f32_bits(0.5f));
-    } else {
-        /* Rebias the exponent and round away the 13 low bits, ties to even;
-         * a carry into the exponent is the right result. */
-        f += ((uint32_t)(15 - 127) << 23) + 0xfff + ((f >> 13) & 1);
-        o = (uint16_t)(f >> 13);
-    }
-    return (uint16_t)(o | sign >> 16);
+/* The scale for numbers whose largest magnitude (clamped to KV_MAX) is m:
+ * see kv_scale(). Below FLT_MIN it would lose bits and its exactness: the
+ * head, under 1.5e-36 in every number, is zeros. */
+static inline float kv_scale_of(float m) {
+    m /= 127.0f;
+    return m < 0x1p-126f ? 0.0f : f32_from((f32_bits(m) + 127) & ~127u);
 }
 
-float model_half_to_float(uint16_t h) {
-    uint32_t o = (uint32_t)(h & 0x7fff) << 13, exp = o & (0x7c00u << 13);
-    o += (uint32_t)(127 - 15) << 23;
-    if (exp == 0x7c00u << 13) {
-        o += (uint32_t)(128 - 16) << 23; /* infinity, NaN */
-    } else if (exp == 0) {
-        /* A subnormal half: renormalized exactly by a float subtraction. */
-        o = f32_bits(f32_from(o + (1u << 23)) - f32_from(113u << 23));
+/* The scale of x (n): max |x| / 127, rounded up to 17 significant bits (the
+ * low 7 bits of the mantissa cleared), so that an integer of 7 bits times it
+ * is exact and 127 times it, over 127, gives it back. */
+KERNEL_INLINE float kv_scale(const float *restrict x, int n) {
+    float lane[LANES] = {0}, m = 0;
+    int nv = n & ~(LANES - 1);
+    for (int j = 0; j < nv; j += LANES)
+        for (int k = 0; k < LANES; k++) {
+            float a = fabsf(x[j + k]);
+            a = a < KV_MAX ? a : KV_MAX;
+            lane[k] = a > lane[k] ? a : lane[k];
+        }
+    for (int j = nv; j < n; j++) {
+        float a = fabsf(x[j]);
+        a = a < KV_MAX ? a : KV_MAX;
+        m = a > m ? a : m;
     }
-    return f32_from(o | (uint32_t)(h & 0x8000) << 16);
+    float l = lanes_max(lane);
+    return kv_scale_of(m > l ? m : l);
+}
+
+/* x times inv (1 / the scale) rounded to the nearest integer, ties to even,
+ * within -127..127 (NaN: 127), as a float. The clamps are written as the
+ * vector min and max behave, so that every build rounds alike. */
+KERNEL_INLINE float kv_int(float x, float inv) {
+    float v = x * inv;
+    v = v < 127.0f ? v : 127.0f;
+    v = v > -127.0f ? v : -127.0f;
+    return (v + KV_ROUND) - KV_ROUND;
+}
+
+/* q (n) = kv_int() of x (n), LANES at a time. */
+KERNEL_INLINE void kv_ints(int8_t *restrict q, const float *restrict x, float inv, int n) {
+    int nv = n & ~(LANES - 1);
+    for (int j = 0; j < nv; j += LANES)
+        for (int k = 0; k < LANES; k++) q[j + k] = (int8_t)kv_int(x[j + k], inv);
+    for (int j = nv; j < n; j++) q[j] = (int8_t)kv_int(x[j], inv);
+}
+
+/* 1 / s, and 0 for 0, which makes every integer 0. */
+static inline float kv_inverse(float s) { return s > 0 ? 1.0f / s : 0.0f; }
+
+float model_kv_quantize(const float *x, int n, int8_t *q) {
+    float s = kv_scale(x, n);
+    kv_ints(q, x, kv_inverse(s), n);
+    return s;
+}
+
+/* x (heads, hd) = each head's hd numbers quantized (model_kv_quantize()) and
+ * widened back to float, exactly what a state will hold; q (heads, hd) and
+ * sc (heads) = the integers and scales, for kv_store(). */
+static void MODEL_KERNEL kv_round_portable(float *restrict x, int heads, int hd,
+                                           int8_t *restrict q, float *restrict sc) {
+    int nv = hd & ~(LANES - 1);
+    for (int h = 0; h < heads; h++) {
+        float *p = x + (size_t)h * hd;
+        int8_t *o = q + (size_t)h * hd;
+        float s = sc[h] = kv_scale(p, hd), inv = kv_inverse(s);
+        for (int j = 0; j < nv; j += LANES)
+            for (int k = 0; k < LANES; k++) {
+                float v = kv_int(p[j + k], inv);
+                o[j + k] = (int8_t)(int32_t)v;
+                p[j + k] = v * s;
+            }
+        for (int j = nv; j < hd; j++) {
+            float v = kv_int(p[j], inv);
+            o[j] = (int8_t)(int32_t)v;
+            p[j] = v * s;
+        }
+    }
 }
 
 #if MODEL_X86
-static inline __attribute__((always_inline)) TARGET_V4 __m512 half16_load(const uint16_t *p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-}
-
-static inline __attribute__((always_inline)) TARGET_V4 __m512 half16_clamp(__m512 x) {
-    return _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(HALF_MAX)), _mm512_set1_ps(-HALF_MAX));
-}
-
-static inline __attribute__((always_inline)) TARGET_V3 __m256 half8_load(const uint16_t *p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-static inline __attribute__((always_inline)) TARGET_V3 __m256 half8_clamp(__m256 x) {
-    return _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(HALF_MAX)), _mm256_set1_ps(-HALF_MAX));
-}
-
-#define HALF_RNE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-
-static void TARGET_V4 kv_round_avx512(float *x, int n) {
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256i h = _mm512_cvtps_ph(half16_clamp(_mm512_loadu_ps(x + i)), HALF_RNE);
-        _mm512_storeu_ps(x + i, _mm512_cvtph_ps(h));
+/* kv_round_portable() in intrinsics, which GCC does not find for its clamps
+ * and narrowing. Every operation is the portable one's: min and max as its
+ * clamps are written, a conversion that rounds to nearest even as adding and
+ * taking away KV_ROUND does, so that both give the same bits. hd a multiple
+ * of 16. */
+static void TARGET_V4 kv_round_avx512(float *restrict x, int heads, int hd, int8_t *restrict q,
+                                      float *restrict sc) {
+    const __m512 top = _mm512_set1_ps(KV_MAX), hi = _mm512_set1_ps(127.0f),
+                 lo = _mm512_set1_ps(-127.0f);
+    for (int h = 0; h < heads; h++) {
+        float *p = x + (size_t)h * hd;
+        int8_t *o = q + (size_t)h * hd;
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < hd; j += 16)
+            m = _mm512_max_ps(_mm512_min_ps(_mm512_abs_ps(_mm512_loadu_ps(p + j)), top), m);
+        float s = sc[h] = kv_scale_of(_mm512_reduce_max_ps(m));
+        __m512 inv = _mm512_set1_ps(kv_inverse(s)), vs = _mm512_set1_ps(s);
+        for (int j = 0; j < hd; j += 16) {
+            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(p + j), inv);
+            __m512i i = _mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(v, hi), lo));
+            _mm_storeu_si128((__m128i *)(o + j), _mm512_cvtepi32_epi8(i));
+            _mm512_storeu_ps(p + j, _mm512_mul_ps(_mm512_cvtepi32_ps(i), vs));
+        }
     }
-    for (; i < n; i++) x[i] = model_half_to_float(model_half_from_float(x[i]));
 }
 
-static void TARGET_V3 kv_round_avx2(float *x, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m128i h = _mm256_cvtps_ph(half8_clamp(_mm256_loadu_ps(x + i)), HALF_RNE);
-        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(h));
+/* The same for AVX2; hd a multiple of 8. */
+static void TARGET_V3 kv_round_avx2(float *restrict x, int heads, int hd, int8_t *restrict q,
+                                    float *restrict sc) {
+    const __m256 top = _mm256_set1_ps(KV_MAX), hi = _mm256_set1_ps(127.0f),
+                 lo = _mm256_set1_ps(-127.0f), sign = _mm256_set1_ps(-0.0f);
+    for (int h = 0; h < heads; h++) {
+        float *p = x + (size_t)h * hd;
+        int8_t *o = q + (size_t)h * hd;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < hd; j += 8)
+            m = _mm256_max_ps(_mm256_min_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(p + j)), top),
+                              m);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float s = sc[h] = kv_scale_of(_mm_cvtss_f32(m4));
+        __m256 inv = _mm256_set1_ps(kv_inverse(s)), vs = _mm256_set1_ps(s);
+        for (int j = 0; j < hd; j += 8) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(p + j), inv);
+            __m256i i = _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(v, hi), lo));
+            __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+            _mm_storel_epi64((__m128i *)(o + j), _mm_packs_epi16(w, w));
+            _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_cvtepi32_ps(i), vs));
+        }
     }
-    for (; i < n; i++) x[i] = model_half_to_float(model_half_from_float(x[i]));
-}
-
-static void TARGET_V4 kv_narrow_avx512(uint16_t *h, const float *x, int n) {
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i *)(h + i),
-                            _mm512_cvtps_ph(half16_clamp(_mm512_loadu_ps(x + i)), HALF_RNE));
-    for (; i < n; i++) h[i] = model_half_from_float(x[i]);
-}
-
-static void TARGET_V3 kv_narrow_avx2(uint16_t *h, const float *x, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i *)(h + i),
-                         _mm256_cvtps_ph(half8_clamp(_mm256_loadu_ps(x + i)), HALF_RNE));
-    for (; i < n; i++) h[i] = model_half_from_float(x[i]);
-}
-
-static void TARGET_V3 kv_widen_avx2(float *x, const uint16_t *h, size_t n) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, half8_load(h + i));
-    for (; i < n; i++) x[i] = model_half_to_float(h[i]);
 }
 #endif
 
-/* x (n) = x rounded to binary16 (and back to float). */
-static void kv_round(float *x, int n) {
+/* kv_round_portable() in the widest build the CPU runs for head size hd. */
+static void kv_round(float *x, int heads, int hd, int8_t *q, float *sc) {
 #if MODEL_X86
     int isa = kv_level();
-    if (isa == ISA_AVX512) return kv_round_avx512(x, n);
-    if (isa == ISA_AVX2) return kv_round_avx2(x, n);
+    if (isa == ISA_AVX512 && hd % 16 == 0) return kv_round_avx512(x, heads, hd, q, sc);
+    if (isa >= ISA_AVX2 && hd % 8 == 0) return kv_round_avx2(x, heads, hd, q, sc);
 #endif
-    for (int i = 0; i < n; i++) x[i] = model_half_to_float(model_half_from_float(x[i]));
-}
-
-/* h (n) = x (n) as binary16. */
-static void kv_narrow(uint16_t *h, const float *x, int n) {
-#if MODEL_X86
-    int isa = kv_level();
-    if (isa == ISA_AVX512) return kv_narrow_avx512(h, x, n);
-    if (isa == ISA_AVX2) return kv_narrow_avx2(h, x, n);
-#endif
-    for (int i = 0; i < n; i++) h[i] = model_half_from_float(x[i]);
-}
-
-/* x (n) = h (n) as float. */
-static void kv_widen(float *x, const uint16_t *h, size_t n) {
-#if MODEL_X86
-    if (kv_level() != ISA_PORTABLE) return kv_widen_avx2(x, h, n);
-#endif
-    for (size_t i = 0; i < n; i++) x[i] = model_half_to_float(h[i]);
+    kv_round_portable(x, heads, hd, q, sc);
 }
 
 /* A step's attention: out (d) = softmax(scale q_h . keys_h) @ values_h for
  * every head h of one new position -- qkv (3d): its query, and its key and
- * value rounded to binary16 -- that sees the n positions of one layer of a
- * state, keys (H, cap / B, hd, B) and values (cap, d) in binary16, and
- * itself. att is scratch of H * round_up(n + 1, B) floats, head h's weights
- * at h * round_up(n + 1, B). The new key and value are left for the caller
- * to store. Each head's keys are one run of memory, read block by block,
- * four blocks at once; the values are read row by row, whole rows at once,
- * so that the hardware prefetcher streams both. The last block of keys may
- * be partial: its other lanes are zeros (kv_store()) whose scores are
- * computed and never used. */
+ * value as kv_round() leaves them -- that sees the n positions of one layer
+ * of a state, keys (H, cap / B, hd, B) and values (cap, d) in 8 bits, their
+ * scales ks and vs (H, cap), and itself. att is scratch of
+ * H * round_up(n + 1, B) floats, head h's weights at h * round_up(n + 1, B).
+ * The new key and value are left for the caller to store. Each head's keys
+ * are one run of memory, read block by block, several blocks at once, and
+ * the sums scaled per position after; the values are read row by row, whole
+ * rows at once, with their scales folded into the weights first, so that
+ * the hardware prefetcher streams both. The last block of keys may be
+ * partial: its other lanes are zeros, scales too (kv_store()), whose scores
+ * are computed and never used. */
 typedef void attend_fn(float *restrict out, const float *restrict qkv,
-                       const uint16_t *restrict keys, const uint16_t *restrict values, int cap,
-                       int H, int hd, int n, float scale, float *restrict att);
+                       const int8_t *restrict keys, const int8_t *restrict values,
+                       const float *restrict ks, const float *restrict vs, int cap, int H, int hd,
+                       int n, float scale, float *restrict att);
 
 /* GCC's -O2 cost model leaves the portable kernel's loops scalar (they hold
- * a conversion per element); the dynamic one vectorizes them, five times
- * faster on a CPU without F16C. */
+ * a conversion per element); the dynamic one vectorizes them. */
 #if defined(__GNUC__) && !defined(__clang__)
 #define PORTABLE_KERNEL __attribute__((optimize("vect-cost-model=dynamic")))
 #else
 #define PORTABLE_KERNEL
 #endif
 
-/* x (n) = h (n), finite binary16s, widened without branches so that the
- * portable kernel's loops vectorize: a half's exponent and mantissa, shifted
- * into a float's, times 2^112 rebias the exponent (exactly, subnormal halves
- * included). A state holds no infinity or NaN: kv_round() clamps them. */
-KERNEL_INLINE void half_finite(float *restrict x, const uint16_t *restrict h, int n) {
-    union { uint32_t u; float f; } v;
-    for (int i = 0; i < n; i++) {
-        v.u = (uint32_t)(h[i] & 0x7fff) << 13;
-        v.f *= 0x1p112f;
-        v.u |= (uint32_t)(h[i] & 0x8000) << 16;
-        x[i] = v.f;
-    }
-}
-
 static void PORTABLE_KERNEL attend_portable(float *restrict out, const float *restrict qkv,
-                                            const uint16_t *restrict keys,
-                                            const uint16_t *restrict values, int cap, int H,
-                                            int hd, int n, float scale, float *restrict att) {
+                                            const int8_t *restrict keys,
+                                            const int8_t *restrict values,
+                                            const float *restrict ks, const float *restrict vs,
+                                            int cap, int H, int hd, int n, float scale,
+                                            float *restrict att) {
     int d = H * hd, S = (int)round_up((size_t)n + 1, KV_B);
     for (int h = 0; h < H; h++) {
         float *a = att + (size_t)h * S;
-        const float *q = qkv + h * hd;
-        const uint16_t *k = keys + (size_t)h * cap * hd;
+        const float *q = qkv + h * hd, *kh = ks + (size_t)h * cap, *vh = vs + (size_t)h * cap;
+        const int8_t *k = keys + (size_t)h * cap * hd;
         for (int b = 0; b * KV_B < n; b++) {
-            const uint16_t *blk = k + (size_t)b * hd * KV_B;
-            float s[KV_B] = {0}, row[KV_B];
-            for (int j = 0; j < hd; j++) {
-                half_finite(row, blk + j * KV_B, KV_B);
-                for (int t = 0; t < KV_B; t++) s[t] += q[j] * row[t];
-            }
-            memcpy(a + b * KV_B, s, sizeof s);
+            const int8_t *blk = k + (size_t)b * hd * KV_B;
+            float s[KV_B] = {0};
+            for (int j = 0; j < hd; j++)
+                for (int t = 0; t < KV_B; t++) s[t] += q[j] * (float)blk[j * KV_B + t];
+            for (int t = 0; t < KV_B; t++) a[b * KV_B + t] = s[t] * kh[b * KV_B + t];
         }
         a[n] = dot_forward(q, qkv + d + h * hd, hd);
         softmax_padded(a, n + 1, S, scale);
+        for (int t = 0; t < n; t++) a[t] *= vh[t];
         float *o = out + h * hd;
         const float *last = qkv + 2 * d + h * hd;
         for (int i = 0; i < hd; i++) o[i] = a[n] * last[i];
         for (int t = 0; t < n; t++) {
-            const uint16_t *v = values + (size_t)t * d + h * hd;
-            for (int i0 = 0; i0 < hd; i0 += KV_B) {
-                float row[KV_B];
-                int c = hd - i0 < KV_B ? hd - i0 : KV_B;
-                half_finite(row, v + i0, c);
-                for (int i = 0; i < c; i++) o[i0 + i] += a[t] * row[i];
-            }
+            const int8_t *v = values + (size_t)t * d + h * hd;
+            for (int i = 0; i < hd; i++) o[i] += a[t] * (float)v[i];
         }
     }
 }
 
 #if MODEL_X86
+static inline __attribute__((always_inline)) TARGET_V4 __m512 i8x16_load(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+
+static inline __attribute__((always_inline)) TARGET_V3 __m256 i8x8_load(const int8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
 /* Needs hd a multiple of 16. */
 static void TARGET_V4 attend_avx512(float *restrict out, const float *restrict qkv,
-                                    const uint16_t *restrict keys,
-                                    const uint16_t *restrict values, int cap, int H, int hd,
-                                    int n, float scale, float *restrict att) {
+                                    const int8_t *restrict keys, const int8_t *restrict values,
+                                    const float *restrict ks, const float *restrict vs, int cap,
+                                    int H, int hd, int n, float scale, float *restrict att) {
     int d = H * hd, S = (int)round_up((size_t)n + 1, KV_B), nb = (n + KV_B - 1) / KV_B;
-    size_t bs = (size_t)hd * KV_B; /* halves in a block */
+    size_t bs = (size_t)hd * KV_B; /* numbers in a block */
     for (int h = 0; h < H; h++) {
         float *a = att + (size_t)h * S;
-        const float *q = qkv + h * hd;
-        const uint16_t *k = keys + (size_t)h * cap * hd;
+        const float *q = qkv + h * hd, *kh = ks + (size_t)h * cap, *vh = vs + (size_t)h * cap;
+        const int8_t *k = keys + (size_t)h * cap * hd;
         int b = 0;
         for (; b + 4 <= nb; b += 4) {
             __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (int j = 0; j < hd; j++) {
-                const uint16_t *r = k + b * bs + (size_t)j * KV_B;
+                const int8_t *r = k + b * bs + (size_t)j * KV_B;
                 __m512 qj = _mm512_set1_ps(q[j]);
-                s0 = _mm512_fmadd_ps(qj, half16_load(r), s0);
-                s1 = _mm512_fmadd_ps(qj, half16_load(r + bs), s1);
-                s2 = _mm512_fmadd_ps(qj, half16_load(r + 2 * bs), s2);
-                s3 = _mm512_fmadd_ps(qj, half16_load(r + 3 * bs), s3);
+                s0 = _mm512_fmadd_ps(qj, i8x16_load(r), s0);
+                s1 = _mm512_fmadd_ps(qj, i8x16_load(r + bs), s1);
+                s2 = _mm512_fmadd_ps(qj, i8x16_load(r + 2 * bs), s2);
+                s3 = _mm512_fmadd_ps(qj, i8x16_load(r + 3 * bs), s3);
             }
-            _mm512_storeu_ps(a + b * KV_B, s0);
-            _mm512_storeu_ps(a + (b + 1) * KV_B, s1);
-            _mm512_storeu_ps(a + (b + 2) * KV_B, s2);
-            _mm512_storeu_ps(a + (b + 3) * KV_B, s3);
+            const float *c = kh + b * KV_B;
+            _mm512_storeu_ps(a + b * KV_B, _mm512_mul_ps(s0, _mm512_loadu_ps(c)));
+            _mm512_storeu_ps(a + (b + 1) * KV_B, _mm512_mul_ps(s1, _mm512_loadu_ps(c + 16)));
+            _mm512_storeu_ps(a + (b + 2) * KV_B, _mm512_mul_ps(s2, _mm512_loadu_ps(c + 32)));
+            _mm512_storeu_ps(a + (b + 3) * KV_B, _mm512_mul_ps(s3, _mm512_loadu_ps(c + 48)));
         }
         for (; b < nb; b++) { /* four chains of adds over rows j mod 4 */
-            const uint16_t *r = k + b * bs;
+            const int8_t *r = k + b * bs;
             __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (int j = 0; j < hd; j += 4, r += 4 * KV_B) {
-                s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[j]), half16_load(r), s0);
-                s1 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 1]), half16_load(r + KV_B), s1);
-                s2 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 2]), half16_load(r + 2 * KV_B), s2);
-                s3 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 3]), half16_load(r + 3 * KV_B), s3);
+                s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[j]), i8x16_load(r), s0);
+                s1 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 1]), i8x16_load(r + KV_B), s1);
+                s2 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 2]), i8x16_load(r + 2 * KV_B), s2);
+                s3 = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 3]), i8x16_load(r + 3 * KV_B), s3);
             }
-            _mm512_storeu_ps(a + b * KV_B,
-                             _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+            __m512 s = _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
+            _mm512_storeu_ps(a + b * KV_B, _mm512_mul_ps(s, _mm512_loadu_ps(kh + b * KV_B)));
         }
         a[n] = dot_forward(q, qkv + d + h * hd, hd);
         softmax_padded(a, n + 1, S, scale);
+        float self = a[n]; /* the lanes to n - 1 take the values' scales, n keeps its own */
+        for (int t = 0; t < nb * KV_B; t += 16)
+            _mm512_storeu_ps(a + t, _mm512_mul_ps(_mm512_loadu_ps(a + t), _mm512_loadu_ps(vh + t)));
+        a[n] = self;
     }
     const float *last = qkv + 2 * d;
     int i = 0;
@@ -655,22 +680,22 @@ static void TARGET_V4 attend_avx512(float *restrict out, const float *restrict q
                o3 = e0;
         int t = 0;
         for (; t + 2 <= n; t += 2) {
-            const uint16_t *r = values + (size_t)t * d + i, *u = r + d;
-            e0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t]), half16_load(r), e0);
-            e1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t]), half16_load(r + 16), e1);
-            e2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t]), half16_load(r + 32), e2);
-            e3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t]), half16_load(r + 48), e3);
-            o0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t + 1]), half16_load(u), o0);
-            o1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t + 1]), half16_load(u + 16), o1);
-            o2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t + 1]), half16_load(u + 32), o2);
-            o3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t + 1]), half16_load(u + 48), o3);
+            const int8_t *r = values + (size_t)t * d + i, *u = r + d;
+            e0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t]), i8x16_load(r), e0);
+            e1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t]), i8x16_load(r + 16), e1);
+            e2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t]), i8x16_load(r + 32), e2);
+            e3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t]), i8x16_load(r + 48), e3);
+            o0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t + 1]), i8x16_load(u), o0);
+            o1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t + 1]), i8x16_load(u + 16), o1);
+            o2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t + 1]), i8x16_load(u + 32), o2);
+            o3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t + 1]), i8x16_load(u + 48), o3);
         }
         if (t < n) {
-            const uint16_t *r = values + (size_t)t * d + i;
-            e0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t]), half16_load(r), e0);
-            e1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t]), half16_load(r + 16), e1);
-            e2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t]), half16_load(r + 32), e2);
-            e3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t]), half16_load(r + 48), e3);
+            const int8_t *r = values + (size_t)t * d + i;
+            e0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[t]), i8x16_load(r), e0);
+            e1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[t]), i8x16_load(r + 16), e1);
+            e2 = _mm512_fmadd_ps(_mm512_set1_ps(w2[t]), i8x16_load(r + 32), e2);
+            e3 = _mm512_fmadd_ps(_mm512_set1_ps(w3[t]), i8x16_load(r + 48), e3);
         }
         o0 = _mm512_fmadd_ps(_mm512_set1_ps(w0[n]), _mm512_loadu_ps(last + i), o0);
         o1 = _mm512_fmadd_ps(_mm512_set1_ps(w1[n]), _mm512_loadu_ps(last + i + 16), o1);
@@ -687,58 +712,65 @@ static void TARGET_V4 attend_avx512(float *restrict out, const float *restrict q
                o = _mm512_setzero_ps();
         int t = 0;
         for (; t + 2 <= n; t += 2) {
-            const uint16_t *r = values + (size_t)t * d + i;
-            e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), half16_load(r), e);
-            o = _mm512_fmadd_ps(_mm512_set1_ps(w[t + 1]), half16_load(r + d), o);
+            const int8_t *r = values + (size_t)t * d + i;
+            e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), i8x16_load(r), e);
+            o = _mm512_fmadd_ps(_mm512_set1_ps(w[t + 1]), i8x16_load(r + d), o);
         }
         if (t < n)
-            e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), half16_load(values + (size_t)t * d + i), e);
+            e = _mm512_fmadd_ps(_mm512_set1_ps(w[t]), i8x16_load(values + (size_t)t * d + i), e);
         _mm512_storeu_ps(out + i, _mm512_add_ps(e, o));
     }
 }
 
 /* Needs hd a multiple of 8. */
 static void TARGET_V3 attend_avx2(float *restrict out, const float *restrict qkv,
-                                  const uint16_t *restrict keys, const uint16_t *restrict values,
-                                  int cap, int H, int hd, int n, float scale,
-                                  float *restrict att) {
+                                  const int8_t *restrict keys, const int8_t *restrict values,
+                                  const float *restrict ks, const float *restrict vs, int cap,
+                                  int H, int hd, int n, float scale, float *restrict att) {
     int d = H * hd, S = (int)round_up((size_t)n + 1, KV_B), nb = (n + KV_B - 1) / KV_B;
     size_t bs = (size_t)hd * KV_B;
     for (int h = 0; h < H; h++) {
         float *a = att + (size_t)h * S;
-        const float *q = qkv + h * hd;
-        const uint16_t *k = keys + (size_t)h * cap * hd;
+        const float *q = qkv + h * hd, *kh = ks + (size_t)h * cap, *vh = vs + (size_t)h * cap;
+        const int8_t *k = keys + (size_t)h * cap * hd;
         int b = 0;
         for (; b + 2 <= nb; b += 2) { /* two blocks, each two vectors of 8 */
             __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (int j = 0; j < hd; j++) {
-                const uint16_t *r = k + b * bs + (size_t)j * KV_B;
+                const int8_t *r = k + b * bs + (size_t)j * KV_B;
                 __m256 qj = _mm256_set1_ps(q[j]);
-                s0 = _mm256_fmadd_ps(qj, half8_load(r), s0);
-                s1 = _mm256_fmadd_ps(qj, half8_load(r + 8), s1);
-                s2 = _mm256_fmadd_ps(qj, half8_load(r + bs), s2);
-                s3 = _mm256_fmadd_ps(qj, half8_load(r + bs + 8), s3);
+                s0 = _mm256_fmadd_ps(qj, i8x8_load(r), s0);
+                s1 = _mm256_fmadd_ps(qj, i8x8_load(r + 8), s1);
+                s2 = _mm256_fmadd_ps(qj, i8x8_load(r + bs), s2);
+                s3 = _mm256_fmadd_ps(qj, i8x8_load(r + bs + 8), s3);
             }
-            _mm256_storeu_ps(a + b * KV_B, s0);
-            _mm256_storeu_ps(a + b * KV_B + 8, s1);
-            _mm256_storeu_ps(a + (b + 1) * KV_B, s2);
-            _mm256_storeu_ps(a + (b + 1) * KV_B + 8, s3);
+            const float *c = kh + b * KV_B;
+            _mm256_storeu_ps(a + b * KV_B, _mm256_mul_ps(s0, _mm256_loadu_ps(c)));
+            _mm256_storeu_ps(a + b * KV_B + 8, _mm256_mul_ps(s1, _mm256_loadu_ps(c + 8)));
+            _mm256_storeu_ps(a + (b + 1) * KV_B, _mm256_mul_ps(s2, _mm256_loadu_ps(c + 16)));
+            _mm256_storeu_ps(a + (b + 1) * KV_B + 8, _mm256_mul_ps(s3, _mm256_loadu_ps(c + 24)));
         }
         if (b < nb) {
-            const uint16_t *r = k + b * bs;
+            const int8_t *r = k + b * bs;
             __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (int j = 0; j < hd; j += 2) {
-                const uint16_t *r0 = r + j * KV_B, *r1 = r0 + KV_B;
-                s0 = _mm256_fmadd_ps(_mm256_set1_ps(q[j]), half8_load(r0), s0);
-                s1 = _mm256_fmadd_ps(_mm256_set1_ps(q[j]), half8_load(r0 + 8), s1);
-                s2 = _mm256_fmadd_ps(_mm256_set1_ps(q[j + 1]), half8_load(r1), s2);
-                s3 = _mm256_fmadd_ps(_mm256_set1_ps(q[j + 1]), half8_load(r1 + 8), s3);
+                const int8_t *r0 = r + j * KV_B, *r1 = r0 + KV_B;
+                s0 = _mm256_fmadd_ps(_mm256_set1_ps(q[j]), i8x8_load(r0), s0);
+                s1 = _mm256_fmadd_ps(_mm256_set1_ps(q[j]), i8x8_load(r0 + 8), s1);
+                s2 = _mm256_fmadd_ps(_mm256_set1_ps(q[j + 1]), i8x8_load(r1), s2);
+                s3 = _mm256_fmadd_ps(_mm256_set1_ps(q[j + 1]), i8x8_load(r1 + 8), s3);
             }
-            _mm256_storeu_ps(a + b * KV_B, _mm256_add_ps(s0, s2));
-            _mm256_storeu_ps(a + b * KV_B + 8, _mm256_add_ps(s1, s3));
+            const float *c = kh + b * KV_B;
+            _mm256_storeu_ps(a + b * KV_B, _mm256_mul_ps(_mm256_add_ps(s0, s2), _mm256_loadu_ps(c)));
+            _mm256_storeu_ps(a + b * KV_B + 8,
+                             _mm256_mul_ps(_mm256_add_ps(s1, s3), _mm256_loadu_ps(c + 8)));
         }
         a[n] = dot_forward(q, qkv + d + h * hd, hd);
         softmax_padded(a, n + 1, S, scale);
+        float self = a[n]; /* the lanes to n - 1 take the values' scales, n keeps its own */
+        for (int t = 0; t < nb * KV_B; t += 8)
+            _mm256_storeu_ps(a + t, _mm256_mul_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(vh + t)));
+        a[n] = self;
     }
     const float *last = qkv + 2 * d;
     int i = 0;
@@ -750,22 +782,22 @@ static void TARGET_V3 attend_avx2(float *restrict out, const float *restrict qkv
                o3 = e0;
         int t = 0;
         for (; t + 2 <= n; t += 2) {
-            const uint16_t *r = values + (size_t)t * d + i, *u = r + d;
-            e0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t]), half8_load(r), e0);
-            e1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t]), half8_load(r + 8), e1);
-            e2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t]), half8_load(r + 16), e2);
-            e3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t]), half8_load(r + 24), e3);
-            o0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t + 1]), half8_load(u), o0);
-            o1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t + 1]), half8_load(u + 8), o1);
-            o2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t + 1]), half8_load(u + 16), o2);
-            o3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t + 1]), half8_load(u + 24), o3);
+            const int8_t *r = values + (size_t)t * d + i, *u = r + d;
+            e0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t]), i8x8_load(r), e0);
+            e1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t]), i8x8_load(r + 8), e1);
+            e2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t]), i8x8_load(r + 16), e2);
+            e3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t]), i8x8_load(r + 24), e3);
+            o0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t + 1]), i8x8_load(u), o0);
+            o1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t + 1]), i8x8_load(u + 8), o1);
+            o2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t + 1]), i8x8_load(u + 16), o2);
+            o3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t + 1]), i8x8_load(u + 24), o3);
         }
         if (t < n) {
-            const uint16_t *r = values + (size_t)t * d + i;
-            e0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t]), half8_load(r), e0);
-            e1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t]), half8_load(r + 8), e1);
-            e2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t]), half8_load(r + 16), e2);
-            e3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t]), half8_load(r + 24), e3);
+            const int8_t *r = values + (size_t)t * d + i;
+            e0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[t]), i8x8_load(r), e0);
+            e1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[t]), i8x8_load(r + 8), e1);
+            e2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[t]), i8x8_load(r + 16), e2);
+            e3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[t]), i8x8_load(r + 24), e3);
         }
         o0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[n]), _mm256_loadu_ps(last + i), o0);
         o1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[n]), _mm256_loadu_ps(last + i + 8), o1);
@@ -782,12 +814,12 @@ static void TARGET_V3 attend_avx2(float *restrict out, const float *restrict qkv
                o = _mm256_setzero_ps();
         int t = 0;
         for (; t + 2 <= n; t += 2) {
-            const uint16_t *r = values + (size_t)t * d + i;
-            e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), half8_load(r), e);
-            o = _mm256_fmadd_ps(_mm256_set1_ps(w[t + 1]), half8_load(r + d), o);
+            const int8_t *r = values + (size_t)t * d + i;
+            e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), i8x8_load(r), e);
+            o = _mm256_fmadd_ps(_mm256_set1_ps(w[t + 1]), i8x8_load(r + d), o);
         }
         if (t < n)
-            e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), half8_load(values + (size_t)t * d + i), e);
+            e = _mm256_fmadd_ps(_mm256_set1_ps(w[t]), i8x8_load(values + (size_t)t * d + i), e);
         _mm256_storeu_ps(out + i, _mm256_add_ps(e, o));
     }
 }
@@ -866,42 +898,56 @@ static void embed_prefetch(const model *m, const model_token *t, int n) {
     }
 }
 
-/* Stores position pos's key and value, from qkv's row (3*dim: its key and
- * value already rounded, so exactly representable), in layer l of kv, whose
- * capacity holds pos. A position that starts a block of keys clears the
- * block first: the lanes of positions not yet held are zeros, never garbage,
- * when a step computes a whole block. */
-static void kv_store(model_kv *kv, int l, int pos, const float *qkv) {
+/* Layer l's key scales, (H, cap), and its value scales. */
+static float *kv_key_scales(const model_kv *kv, int l) {
+    return kv->scale + (size_t)l * kv->n_heads * kv->cap;
+}
+static float *kv_value_scales(const model_kv *kv, int l) {
+    return kv->scale + (size_t)(kv->n_layers + l) * kv->n_heads * kv->cap;
+}
+
+/* Stores position pos's key and value, as kv_round() quantized them -- q
+ * (2 dim: the key's heads, then the value's) and sc (2 H) -- in layer l of kv,
+ * whose capacity holds pos. A position that starts a block of keys clears the
+ * block and its scales, keys' and values', first: the lanes of positions not
+ * yet held are zeros, never garbage, when a step computes a whole block. */
+static void kv_store(model_kv *kv, int l, int pos, const int8_t *q, const float *sc) {
     int d = kv->dim, H = kv->n_heads, hd = d / H;
-    size_t head = (size_t)kv->cap * hd; /* halves of one head's keys */
-    uint16_t *keys = kv->key + (size_t)l * H * head + (size_t)(pos / KV_B) * hd * KV_B;
+    size_t head = (size_t)kv->cap * hd; /* numbers in one head's keys */
+    int8_t *keys = kv->key + (size_t)l * H * head + (size_t)(pos / KV_B) * hd * KV_B;
+    float *ks = kv_key_scales(kv, l) + pos, *vs = kv_value_scales(kv, l) + pos;
     if (pos % KV_B == 0)
-        for (int h = 0; h < H; h++) memset(keys + h * head, 0, (size_t)hd * KV_B * sizeof *keys);
-    uint16_t part[64];
-    keys += pos % KV_B;
-    for (int h = 0; h < H; h++)
-        for (int j0 = 0; j0 < hd; j0 += 64) { /* a head's key, 64 at a time */
-            int c = hd - j0 < 64 ? hd - j0 : 64;
-            uint16_t *k = keys + h * head + (size_t)j0 * KV_B;
-            kv_narrow(part, qkv + d + h * hd + j0, c);
-            for (int j = 0; j < c; j++) k[(size_t)j * KV_B] = part[j];
+        for (int h = 0; h < H; h++) {
+            memset(keys + h * head, 0, (size_t)hd * KV_B);
+            memset(ks + (size_t)h * kv->cap, 0, KV_B * sizeof *ks);
+            memset(vs + (size_t)h * kv->cap, 0, KV_B * sizeof *vs);
         }
-    kv_narrow(kv->value + ((size_t)l * kv->cap + pos) * d, qkv + 2 * d, d);
+    keys += pos % KV_B;
+    for (int h = 0; h < H; h++) {
+        int8_t *k = keys + h * head;
+        for (int j = 0; j < hd; j++) k[(size_t)j * KV_B] = q[h * hd + j];
+        ks[(size_t)h * kv->cap] = sc[h];
+        vs[(size_t)h * kv->cap] = sc[H + h];
+    }
+    memcpy(kv->value + ((size_t)l * kv->cap + pos) * d, q + d, (size_t)d);
 }
 
 /* Widens the first n positions of layer l of kv to float rows: keys (n, dim)
- * and values (n, dim). */
+ * and values (n, dim), each integer times its scale, as kv_round() gave them. */
 static void kv_widen_rows(const model_kv *kv, int l, int n, float *keys, float *values) {
     int d = kv->dim, H = kv->n_heads, hd = d / H;
     size_t head = (size_t)kv->cap * hd;
-    const uint16_t *k = kv->key + (size_t)l * H * head;
+    const int8_t *k = kv->key + (size_t)l * H * head, *v = kv->value + (size_t)l * kv->cap * d;
+    const float *ks = kv_key_scales(kv, l), *vs = kv_value_scales(kv, l);
     for (int h = 0; h < H; h++)
         for (int p = 0; p < n; p++) {
-            const uint16_t *blk = k + h * head + (size_t)(p / KV_B) * hd * KV_B + p % KV_B;
-            for (int j = 0; j < hd; j++)
-                keys[(size_t)p * d + h * hd + j] = model_half_to_float(blk[j * KV_B]);
+            const int8_t *blk = k + h * head + (size_t)(p / KV_B) * hd * KV_B + p % KV_B;
+            float s = ks[(size_t)h * kv->cap + p], t = vs[(size_t)h * kv->cap + p];
+            float *kr = keys + (size_t)p * d + h * hd, *vr = values + (size_t)p * d + h * hd;
+            const int8_t *vq = v + (size_t)p * d + h * hd;
+            for (int j = 0; j < hd; j++) kr[j] = (float)blk[j * KV_B] * s;
+            for (int j = 0; j < hd; j++) vr[j] = (float)vq[j] * t;
         }
-    kv_widen(values, kv->value + (size_t)l * kv->cap * d, (size_t)n * d);
 }
 
 /* The capacity for `positions` positions: the first of B, 2 B, 4 B, ... that
@@ -913,9 +959,10 @@ static int kv_cap_for(int window, int positions) {
     return cap < max ? cap : max;
 }
 
-/* The header, then keys and values of cap positions. */
-static size_t kv_bytes_for(int n_layers, int dim, int cap) {
-    return 64 + 2 * (size_t)n_layers * cap * dim * sizeof(uint16_t);
+/* The header, then the scales (float) and the keys and values (a byte each)
+ * of cap positions. */
+static size_t kv_bytes_for(int n_layers, int dim, int n_heads, int cap) {
+    return 64 + 2 * (size_t)n_layers * cap * (dim + n_heads * sizeof(float));
 }
 
 /* Makes room in kv for `positions` positions, moving what it holds into
@@ -925,27 +972,33 @@ static size_t kv_bytes_for(int n_layers, int dim, int cap) {
 static int kv_reserve(model_kv *kv, int positions) {
     if (positions <= kv->cap) return 0;
     int cap = kv_cap_for(kv->window, positions), d = kv->dim, H = kv->n_heads, hd = d / H;
-    size_t per = (size_t)kv->n_layers * cap * d; /* halves in each array */
-    uint16_t *key = aligned_alloc(64, 2 * per * sizeof *key), *value = key + per;
-    if (!key) return -1;
-    size_t blocks = round_up((size_t)kv->n, KV_B) * hd; /* halves held per head */
-    for (int lh = 0; kv->n && lh < kv->n_layers * H; lh++)
-        memcpy(key + (size_t)lh * cap * hd, kv->key + (size_t)lh * kv->cap * hd,
-               blocks * sizeof *key);
-    for (int l = 0; kv->n && l < kv->n_layers; l++)
+    int L = kv->n_layers;
+    size_t per = (size_t)L * cap * d, scales = 2 * (size_t)L * H * cap;
+    /* cap is a multiple of 16: every array starts 64-byte aligned */
+    float *scale = aligned_alloc(64, scales * sizeof *scale + 2 * per);
+    if (!scale) return -1;
+    int8_t *key = (int8_t *)(scale + scales), *value = key + per;
+    size_t held = round_up((size_t)kv->n, KV_B); /* positions of the blocks held */
+    for (int lh = 0; kv->n && lh < L * H; lh++)
+        memcpy(key + (size_t)lh * cap * hd, kv->key + (size_t)lh * kv->cap * hd, held * hd);
+    for (int lh = 0; kv->n && lh < 2 * L * H; lh++) /* keys' scales, then values' */
+        memcpy(scale + (size_t)lh * cap, kv->scale + (size_t)lh * kv->cap,
+               held * sizeof *scale);
+    for (int l = 0; kv->n && l < L; l++)
         memcpy(value + (size_t)l * cap * d, kv->value + (size_t)l * kv->cap * d,
-               (size_t)kv->n * d * sizeof *value);
-    free(kv->key);
+               (size_t)kv->n * d);
+    free(kv->scale);
+    kv->scale = scale;
     kv->key = key;
     kv->value = value;
     kv->cap = cap;
-    kv->bytes = kv_bytes_for(kv->n_layers, d, cap);
+    kv->bytes = kv_bytes_for(L, d, H, cap);
     return 0;
 }
 
 /* Causal self-attention of layer l for one user whose n new positions are
  * rows [row, row + n) of rs->qkv, written to the same rows of rs->atty.
- * Each new key (rotated) and value is first rounded to binary16, with or
+ * Each new key (rotated) and value is first quantized (kv_round()), with or
  * without a state. With a KV state, they are stored in it (positions
  * kv->n..., within its capacity) and the queries attend to everything it
  * holds; without one, positions count from 0 and the queries attend to
@@ -959,7 +1012,9 @@ static void attention_forward(const model *m, model_runstate *rs, int l, model_k
     for (int i = 0; i < n; i++) {
         float *r = qkv + (size_t)i * 3 * d;
         rope_forward(m, r, n0 + i);
-        kv_round(r + d, 2 * d); /* the key and the value, side by side */
+        /* the key and the value, side by side */
+        kv_round(r + d, 2 * H, hd, rs->kvq + (size_t)(row + i) * 2 * d,
+                 rs->kvs + (size_t)(row + i) * 2 * H);
     }
     float scale = 1.0f / sqrtf((float)hd);
     float *atty = rs->atty + (size_t)row * d;
@@ -967,9 +1022,9 @@ static void attention_forward(const model *m, model_runstate *rs, int l, model_k
     if (kv && n == 1) {
         /* A step: one query against the state, a product too small for sgemm */
         size_t layer = (size_t)l * kv->cap * d;
-        kv_attend_kernel(hd)(atty, qkv, kv->key + layer, kv->value + layer, kv->cap, H, hd, n0,
-                             scale, rs->att);
-        kv_store(kv, l, n0, qkv);
+        kv_attend_kernel(hd)(atty, qkv, kv->key + layer, kv->value + layer, kv_key_scales(kv, l),
+                             kv_value_scales(kv, l), kv->cap, H, hd, n0, scale, rs->att);
+        kv_store(kv, l, n0, rs->kvq + (size_t)row * 2 * d, rs->kvs + (size_t)row * 2 * H);
         return;
     }
     /* keys and values (T, d), rows ld apart: these rows' own, or the state's
@@ -994,7 +1049,8 @@ static void attention_forward(const model *m, model_runstate *rs, int l, model_k
         matmul(atty + h * hd, rs->att, values + h * hd, n, hd, T, T, ld, d, 0, 0.0f);
     }
     if (kv)
-        for (int i = 0; i < n; i++) kv_store(kv, l, n0 + i, qkv + (size_t)i * 3 * d);
+        for (int i = row; i < row + n; i++)
+            kv_store(kv, l, n0 + i - row, rs->kvq + (size_t)i * 2 * d, rs->kvs + (size_t)i * 2 * H);
 }
 
 /* The L blocks over rows [0, R) of rs->x: n_users users of R / n_users new
@@ -1209,7 +1265,8 @@ model_runstate *model_runstate_new(const model *m, int max_batch) {
     size_t R = (size_t)(max_batch > c->window ? max_batch : c->window), d = c->dim;
     size_t W = c->window, att = W * W, step_att = c->n_heads * round_up(W + 1, KV_B);
     if (step_att > att) att = step_att;
-    size_t floats = R * (7 * d + c->hidden) + att + 2 * W * d;
+    size_t floats = R * (7 * d + c->hidden) + att + 2 * W * d + R * 2 * c->n_heads +
+                    (R * 2 * d + sizeof(float) - 1) / sizeof(float);
     if (!(rs->act_mem = calloc(floats, sizeof(float)))) {
         free(rs);
         return NULL;
@@ -1224,7 +1281,9 @@ model_runstate *model_runstate_new(const model *m, int max_batch) {
     rs->atty = p, p += R * d;
     rs->hb = p, p += R * c->hidden;
     rs->att = p, p += att;
-    rs->kvf = p;
+    rs->kvf = p, p += 2 * W * d;
+    rs->kvs = p, p += R * 2 * c->n_heads;
+    rs->kvq = (int8_t *)p;
     return rs;
 }
 
@@ -1238,11 +1297,11 @@ void model_runstate_free(model_runstate *rs) {
 _Static_assert(sizeof(model_kv) <= 64, "model_kv header must fit in 64 bytes");
 
 size_t model_kv_bytes(const model_config *c) {
-    return kv_bytes_for(c->n_layers, c->dim, kv_cap_for(c->window, c->window));
+    return kv_bytes_for(c->n_layers, c->dim, c->n_heads, kv_cap_for(c->window, c->window));
 }
 
 size_t model_kv_bytes_at(const model_config *c, int positions) {
-    return kv_bytes_for(c->n_layers, c->dim, kv_cap_for(c->window, positions));
+    return kv_bytes_for(c->n_layers, c->dim, c->n_heads, kv_cap_for(c->window, positions));
 }
 
 model_kv *model_kv_new(const model *m) {
@@ -1250,7 +1309,7 @@ model_kv *model_kv_new(const model *m) {
     model_kv *kv = aligned_alloc(64, 64);
     if (!kv) return NULL;
     memset(kv, 0, 64);
-    kv->bytes = kv_bytes_for(c->n_layers, c->dim, 0);
+    kv->bytes = kv_bytes_for(c->n_layers, c->dim, c->n_heads, 0);
     kv->window = c->window;
     kv->n_layers = c->n_layers;
     kv->dim = c->dim;
@@ -1261,7 +1320,7 @@ model_kv *model_kv_new(const model *m) {
 
 void model_kv_free(model_kv *kv) {
     if (!kv) return;
-    free(kv->key); /* the values share its allocation */
+    free(kv->scale); /* the keys and values share its allocation */
     free(kv);
 }
 
@@ -1280,12 +1339,15 @@ int model_kv_position(const model_kv *kv, int l, int pos, float *key, float *val
     if (l < 0 || l >= kv->n_layers || pos < 0 || pos >= kv->n) return -1;
     int d = kv->dim, hd = d / kv->n_heads;
     size_t head = (size_t)kv->cap * hd;
+    const float *ks = kv_key_scales(kv, l), *vs = kv_value_scales(kv, l);
     for (int i = 0; i < d; i++)
-        key[i] = model_half_to_float(kv->key[(size_t)l * kv->n_heads * head + (i / hd) * head +
-                                             (size_t)(pos / KV_B) * hd * KV_B +
-                                             (size_t)(i % hd) * KV_B + pos % KV_B]);
+        key[i] = (float)kv->key[(size_t)l * kv->n_heads * head + (i / hd) * head +
+                                (size_t)(pos / KV_B) * hd * KV_B + (size_t)(i % hd) * KV_B +
+                                pos % KV_B] *
+                 ks[(size_t)(i / hd) * kv->cap + pos];
     for (int i = 0; i < d; i++)
-        value[i] = model_half_to_float(kv->value[((size_t)l * kv->cap + pos) * d + i]);
+        value[i] = (float)kv->value[((size_t)l * kv->cap + pos) * d + i] *
+                   vs[(size_t)(i / hd) * kv->cap + pos];
     return 0;
 }
 

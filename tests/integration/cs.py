@@ -341,3 +341,31 @@ def decode_seen(blob):
     """The recently seen event ids: (id hash, event time s) pairs, in the order applied."""
     assert blob[0] == 1 and (len(blob) - 1) % 12 == 0
     return [struct.unpack_from("<QI", blob, off) for off in range(1, len(blob), 12)]
+
+
+# How far two computations of the model's scores may drift apart: a state
+# rebuilt with one prefill, or stepped in another batch, holds keys and values
+# whose 8-bit quantization can land a step apart, which moves the user state,
+# and so the scores, by up to about 1e-4 relative (docs/MODEL.md).
+SCORE_REL = 5e-4
+
+
+def assert_same_ranked(got, want, rel=SCORE_REL):
+    """got and want, lists of scored entries (a copy's items or reasons), are
+    the same entries in the same order with scores within rel -- except that
+    entries whose scores tie within rel may come in either order."""
+    assert len(got) == len(want), (got, want)
+    for g, w in zip(got, want):
+        assert abs(g["score"] - w["score"]) <= rel * abs(w["score"]), (got, want)
+
+    def key(x):
+        return json.dumps(dict(x, score=None), sort_keys=True)
+
+    i = 0
+    while i < len(want):
+        j = i + 1
+        while j < len(want) and \
+                abs(want[j]["score"] - want[i]["score"]) <= rel * abs(want[i]["score"]):
+            j += 1
+        assert sorted(map(key, got[i:j])) == sorted(map(key, want[i:j])), (got, want)
+        i = j

@@ -38,18 +38,17 @@ def state_without_versions(d, redis_client):
 def comparable(copy):
     """A copy without what legitimately differs between two deployments: its
     creation time and the source topic's name (each test has its own). The
-    model's scores are compared to 1e-5 relative: a state rebuilt with one
+    model's scores are compared to cs.SCORE_REL: a state rebuilt with one
     prefill (after a restart or an eviction) equals the incrementally stepped
-    one to float rounding, not bit for bit (docs/MODEL.md)."""
+    one to float rounding and a quantization step, not bit for bit
+    (docs/MODEL.md)."""
     return {k: v for k, v in copy.items() if k not in ("created_at", "copy_id", "source_topic")}
 
 
 def assert_same_copy(got, want):
     got, want = comparable(got), comparable(want)
     for key in ("items", "reasons"):
-        g, w = got.pop(key), want.pop(key)
-        assert [dict(x, score=None) for x in g] == [dict(x, score=None) for x in w]
-        assert [x["score"] for x in g] == pytest.approx([x["score"] for x in w], rel=1e-5)
+        cs.assert_same_ranked(got.pop(key), want.pop(key))
     assert got == want
 
 

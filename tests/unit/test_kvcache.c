@@ -135,9 +135,10 @@ static void test_budget_charges_each_state_its_real_size(void **unused) {
     assert_non_null(g);
     model_runstate *rs = model_runstate_new(g, 1);
     model_kv *a = kv_holding(g, rs, 3), *b = kv_holding(g, rs, 40);
-    /* 64-byte header, then keys and values of 2 layers x capacity x 16 dims, 2 bytes each */
-    assert_int_equal(a->bytes, 64 + 2 * 2 * 16 * 16 * 2);
-    assert_int_equal(b->bytes, 64 + 2 * 2 * 48 * 16 * 2);
+    /* 64-byte header, then keys and values of 2 layers x capacity x 16 dims, a byte each,
+     * and a float scale per position and head (2) */
+    assert_int_equal(a->bytes, 64 + 2 * 2 * 16 * (16 + 2 * 4));
+    assert_int_equal(b->bytes, 64 + 2 * 2 * 48 * (16 + 2 * 4));
     assert_int_equal(a->bytes, model_kv_bytes_at(&G, 3));
     assert_int_equal(b->bytes, model_kv_bytes(&G));
     size_t ea = kvcache_entry_bytes(a, "a"), eb = kvcache_entry_bytes(b, "b");
@@ -154,7 +155,7 @@ static void test_budget_charges_each_state_its_real_size(void **unused) {
         assert_int_equal(model_step(g, rs, &grown, &t, 1, h, err, sizeof err), 0);
     assert_int_equal(grown->n, 23);
     assert_int_equal(grown->bytes, model_kv_bytes_at(&G, 23));
-    assert_int_equal(grown->bytes, 64 + 2 * 2 * 32 * 16 * 2);
+    assert_int_equal(grown->bytes, 64 + 2 * 2 * 32 * (16 + 2 * 4));
     kvcache_get(c, "b");                          /* b the most recent: still evicted, */
     assert_int_equal(kvcache_put(c, "a", grown, 0), 0);
     assert_null(kvcache_get(c, "b"));             /* as a and b no longer fit together */

@@ -6,6 +6,7 @@
  * fixed seed: these tests prove the arithmetic, not the recommendations. */
 #include "testutil.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,18 +62,20 @@ static model *open_random(const model_config *c, uint64_t seed) {
     return m;
 }
 
-/* a and b, binary16 values, agree within tol as assert_close() has it, or
- * are neighbours: two computations of a key that differ by float rounding
- * (sgemm against matvec, another order of sums) round to neighbouring
- * binary16 values when they straddle the midpoint between them. */
-static void assert_half_close(const float *a, const float *b, size_t n, float tol) {
-    for (size_t i = 0; i < n; i++) {
-        int e;
-        frexpf(b[i], &e); /* |b| in [2^(e-1), 2^e) */
-        float ulp = ldexpf(1.0f, (b[i] != 0 && e - 1 > -14 ? e - 1 : -14) - 10);
-        float lim = tol * (fabsf(b[i]) > 1.0f ? fabsf(b[i]) : 1.0f) + ulp;
-        if (!(fabsf(a[i] - b[i]) <= lim))
-            fail_msg("element %zu: %.9g vs %.9g (tolerance %.3g)", i, a[i], b[i], lim);
+/* a and b, keys or values of heads of hd numbers as states hold them, agree
+ * within tol as assert_close() has it, or are neighbours: two computations of
+ * a key that differ by float rounding (sgemm against matvec, another order of
+ * sums) quantize to neighbouring integers when they straddle the midpoint
+ * between them. A step is the head's scale, its largest magnitude / 127. */
+static void assert_q8_close(const float *a, const float *b, size_t n, int hd, float tol) {
+    for (size_t h = 0; h < n; h += (size_t)hd) {
+        float step = 0;
+        for (int i = 0; i < hd; i++) step = fmaxf(step, fabsf(b[h + i]) / 127.0f * 1.0001f);
+        for (size_t i = h; i < h + (size_t)hd; i++) {
+            float lim = tol * (fabsf(b[i]) > 1.0f ? fabsf(b[i]) : 1.0f) + step;
+            if (!(fabsf(a[i] - b[i]) <= lim))
+                fail_msg("element %zu: %.9g vs %.9g (tolerance %.3g)", i, a[i], b[i], lim);
+        }
     }
 }
 
@@ -86,8 +89,8 @@ static void assert_kv_close(const model *m, const model_kv *a, const model_kv *b
         for (int p = 0; p < a->n; p++) {
             assert_int_equal(model_kv_position(a, l, p, ka, va), 0);
             assert_int_equal(model_kv_position(b, l, p, kb, vb), 0);
-            assert_half_close(ka, kb, (size_t)c->dim, TOL);
-            assert_half_close(va, vb, (size_t)c->dim, TOL);
+            assert_q8_close(ka, kb, (size_t)c->dim, c->dim / c->n_heads, TOL);
+            assert_q8_close(va, vb, (size_t)c->dim, c->dim / c->n_heads, TOL);
         }
 }
 
@@ -148,6 +151,17 @@ static void ref_linear(double *out, const double *in, const float *w, const floa
     }
 }
 
+/* x (n) = x / s rounded to the nearest integer, times s, for the scale
+ * s = max |x| / 127 rounded up to 17 significant bits. */
+static void ref_quantize(double *x, int n) {
+    double s = 0;
+    int e;
+    for (int i = 0; i < n; i++) s = fmax(s, fabs(x[i]) / 127);
+    double f = frexp(s, &e);
+    s = ldexp(ceil(ldexp(f, 17)), e - 17); /* 17 significant bits, up */
+    for (int i = 0; s > 0 && i < n; i++) x[i] = nearbyint(x[i] / s) * s;
+}
+
 static void reference_forward(const model *m, const model_token *t, int n, double *h) {
     const model_config *c = model_get_config(m);
     const model_weights *w = model_get_weights(m);
@@ -178,8 +192,8 @@ static void reference_forward(const model *m, const model_token *t, int n, doubl
                         v[0] = a * cos(angle) - b * sin(angle);
                         v[1] = a * sin(angle) + b * cos(angle);
                     }
-            for (int i = d; i < 3 * d; i++)             /* keys and values to binary16 */
-                qkv[p][i] = (double)(_Float16)qkv[p][i];
+            for (int i = d; i < 3 * d; i += hd)         /* keys and values to 8 bits */
+                ref_quantize(&qkv[p][i], hd);
         }
         for (int p = 0; p < n; p++) {
             for (int hh = 0; hh < H; hh++) {
@@ -366,54 +380,69 @@ static void test_prefill_equals_stepping_one_by_one(void **unused) {
     model_close(m);
 }
 
-/* The portable binary16 conversions against the compiler's _Float16, which
- * rounds to nearest, ties to even: every half widened, and floats of every
- * kind narrowed -- random bit patterns, the midpoints between neighbouring
- * halves (ties), subnormal halves, and beyond the largest half, which the
- * engine clamps to +-65504 rather than letting it become infinite. */
-static void test_half_conversions_round_to_nearest_even_like_the_compiler(void **unused) {
-    for (uint32_t h = 0; h < 65536; h++) {
-        _Float16 want;
-        uint16_t bits = (uint16_t)h;
-        memcpy(&want, &bits, sizeof want);
-        float got = model_half_to_float(bits);
-        if (isnan((float)want)) assert_true(isnan(got));
-        else assert_true(got == (float)want);
-    }
+/* How states quantize: integers within -127..127, the largest magnitude at
+ * 127, each within half a step of its float (ties to even, taken from x times
+ * 1 / s, whose rounding may move a tie by 1e-5), the scale at
+ * most 2^-16 above max |x| / 127; zeros, and heads too small for a normal
+ * scale, give zeros; NaN and infinities clamp.
+ * Quantizing the dequantized numbers again gives the same integers and scale
+ * exactly -- what lets a state store what a pass attended to without loss --
+ * for floats of every kind: random bit patterns, small, huge and subnormal. */
+static void test_quantized_keys_round_to_nearest_and_requantize_exactly(void **unused) {
     uint64_t seed = 12345;
-    for (int i = 0; i < 2000000; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        uint32_t u = (uint32_t)(seed >> 32);
-        float x;
-        switch (i % 4) {
-        case 0: memcpy(&x, &u, sizeof x); break;                       /* any float */
-        case 1: x = ldexpf((float)(u >> 8), -48); break;                /* near 0..1 */
-        case 2: {                                                      /* a tie */
-            uint16_t a = (uint16_t)(u & 0x7bff);
-            x = (model_half_to_float(a) + model_half_to_float((uint16_t)(a + 1))) / 2;
-            if (u & 0x80000000u) x = -x;
-            break;
+    float x[48], y[48];
+    int8_t q[48], r[48];
+    for (int round = 0; round < 100000; round++) {
+        int n = 1 + round % 48;
+        for (int i = 0; i < n; i++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            uint32_t u = (uint32_t)(seed >> 32);
+            switch (round % 4) {
+            case 0: memcpy(&x[i], &u, sizeof x[i]); if (!isfinite(x[i])) x[i] = 1; break;
+            case 1: x[i] = ldexpf((float)(int32_t)u, -31); break;        /* -1..1 */
+            case 2: x[i] = ldexpf((float)(int32_t)u, -31 - 115); break;  /* tiny scales */
+            default: x[i] = ldexpf((float)(int32_t)u, -31) * 1e18f; break;
+            }
         }
-        default: x = ldexpf((float)(u >> 8), -48) * 1e-4f; break;     /* subnormal halves */
+        float s = model_kv_quantize(x, n, q), m = 0;
+        for (int i = 0; i < n; i++) m = fmaxf(m, fabsf(x[i]));
+        if (m / 127 < FLT_MIN) { /* flushed to zeros */
+            assert_true(s == 0);
+            for (int i = 0; i < n; i++) assert_int_equal(q[i], 0);
+            continue;
         }
-        if (isnan(x)) continue;
-        float clamped = x > 65504.0f ? 65504.0f : x < -65504.0f ? -65504.0f : x;
-        _Float16 want = (_Float16)clamped;
-        uint16_t want_bits;
-        memcpy(&want_bits, &want, sizeof want_bits);
-        uint16_t got = model_half_from_float(x);
-        if (got != want_bits) fail_msg("%.9g: %04x, want %04x", x, got, want_bits);
+        if (fminf(m, 0x1p64f) / 127 > s * (1 + 1e-6f) || s > fminf(m, 0x1p64f) / 127 * (1 + 0x1p-16f))
+            fail_msg("scale %.9g for max %.9g", s, m);
+        int top = 0;
+        for (int i = 0; i < n; i++) {
+            assert_true(q[i] >= -127 && q[i] <= 127);
+            top = abs(q[i]) > top ? abs(q[i]) : top;
+            if (s > 0 && m < 0x1p64f && !(fabsf(x[i] / s - q[i]) <= 0.5f + 1e-4f))
+                fail_msg("%.9g / %.9g: %d", x[i], s, q[i]);
+            y[i] = (float)q[i] * s;
+        }
+        if (s > 0) assert_int_equal(top, 127);
+        assert_true(model_kv_quantize(y, n, r) == s);
+        assert_memory_equal(q, r, (size_t)n);
     }
-    assert_int_equal(model_half_from_float(1e30f), 0x7bff);     /* 65504, not infinity */
-    assert_int_equal(model_half_from_float(-1e30f), 0xfbff);
-    assert_int_equal(model_half_from_float(1.0f), 0x3c00);
-    assert_int_equal(model_half_from_float(1.0f + 0x1p-11f), 0x3c00); /* a tie, to even */
-    assert_int_equal(model_half_from_float(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01);
+    float z[4] = {0}, ties[4] = {127, 0.5f, 1.5f, -2.5f}, bad[3] = {NAN, INFINITY, -1e30f};
+    assert_true(model_kv_quantize(z, 4, q) == 0);
+    for (int i = 0; i < 4; i++) assert_int_equal(q[i], 0);
+    assert_true(model_kv_quantize(ties, 4, q) == 1.0f);
+    assert_int_equal(q[1], 0);
+    assert_int_equal(q[2], 2);
+    assert_int_equal(q[3], -2);
+    assert_true(model_kv_quantize(bad, 3, q) == 0x1p64f / 127 * (1 + 0x1p-17f) ||
+                model_kv_quantize(bad, 3, q) >= 0x1p64f / 127);
+    assert_int_equal(q[0], 127);
+    assert_int_equal(q[1], 127);
+    assert_int_equal(q[2], -127);
 }
 
-/* The portable kernels, which a CPU without F16C runs, and the vector ones
+/* The portable kernels, which a CPU without AVX2 runs, and the vector ones
  * (AVX-512 or AVX2 here; AVX2 under valgrind) agree with the full recompute
- * and with each other at every position, for head sizes each kernel takes. */
+ * and with each other at every position, for head sizes each kernel takes;
+ * they quantize to the same bits. */
 static void test_portable_kernels_give_the_states_of_the_vector_ones(void **unused) {
     static const model_config shapes[] = {
         {64, 2, 2, 40, 256, 300, 40, 6}, /* head 32 */
@@ -441,6 +470,15 @@ static void test_portable_kernels_give_the_states_of_the_vector_ones(void **unus
         }
         model_use_portable_kernels(0);
         assert_kv_close(m, port, vec);
+        /* The first layer's keys and values come before any attention: the
+         * quantization itself, portable or vector, gives the same bits. */
+        for (int p = 0; p < c->window; p++) {
+            float kp[64], vp[64], kv[64], vv[64];
+            assert_int_equal(model_kv_position(port, 0, p, kp, vp), 0);
+            assert_int_equal(model_kv_position(vec, 0, p, kv, vv), 0);
+            assert_memory_equal(kp, kv, (size_t)c->dim * sizeof *kp);
+            assert_memory_equal(vp, vv, (size_t)c->dim * sizeof *vp);
+        }
         model_kv_free(vec);
         model_kv_free(port);
         model_runstate_free(rs);
@@ -448,10 +486,18 @@ static void test_portable_kernels_give_the_states_of_the_vector_ones(void **unus
     }
 }
 
+/* x (n) is n integers times a scale, as model_kv_quantize() gives them. */
+static void assert_quantized(const float *x, int n) {
+    int8_t q[64];
+    assert_true(n <= 64);
+    float s = model_kv_quantize(x, n, q);
+    for (int i = 0; i < n; i++) assert_true((float)q[i] * s == x[i]);
+}
+
 /* A state takes room for the positions it has held, doubling from 16 up to
  * the window, and says so in kv->bytes, which is what the cache charges; a
  * reset keeps the room. Its positions read back as the keys and values the
- * full recompute rounds to binary16. */
+ * full recompute quantizes, exactly. */
 static void test_state_grows_with_its_positions_and_reads_back(void **unused) {
     model *m = open_random(&SMALL, 8); /* W = 50: room for 16, 32, then 64 */
     const model_config *c = model_get_config(m);
@@ -466,18 +512,18 @@ static void test_state_grows_with_its_positions_and_reads_back(void **unused) {
     for (int t = 0; t < 50; t++) {
         assert_int_equal(model_step(m, rs, &kv, &toks[t], 1, h, err, sizeof err), 0);
         int cap = t < 16 ? 16 : t < 32 ? 32 : 64;
-        assert_int_equal(kv->bytes, 64 + 2 * 2 * cap * 64 * 2);
+        assert_int_equal(kv->bytes, 64 + 2 * 2 * cap * (64 + 2 * 4));
         assert_int_equal(kv->bytes, model_kv_bytes_at(c, t + 1));
     }
     assert_int_equal(kv->bytes, model_kv_bytes(c));
-    assert_int_equal(model_kv_bytes(c), 64 + 2 * 2 * 64 * 64 * 2);
-    /* Every stored number is a binary16 value, exactly. */
+    assert_int_equal(model_kv_bytes(c), 64 + 2 * 2 * 64 * (64 + 2 * 4));
+    /* Every head's key and value is a quantized one, exactly. */
     for (int l = 0; l < 2; l++)
         for (int p = 0; p < 50; p++) {
             assert_int_equal(model_kv_position(kv, l, p, key, value), 0);
-            for (int i = 0; i < 64; i++) {
-                assert_true(model_half_to_float(model_half_from_float(key[i])) == key[i]);
-                assert_true(model_half_to_float(model_half_from_float(value[i])) == value[i]);
+            for (int head = 0; head < 64; head += 32) {
+                assert_quantized(key + head, 32);
+                assert_quantized(value + head, 32);
             }
         }
     assert_int_equal(model_kv_position(kv, 2, 0, key, value), -1);
@@ -491,7 +537,7 @@ static void test_state_grows_with_its_positions_and_reads_back(void **unused) {
     model_kv *pre = model_kv_new(m);
     assert_int_equal(model_prefill(m, rs, pre, toks, 20, NULL, err, sizeof err), 0);
     assert_int_equal(pre->bytes, model_kv_bytes_at(c, 20));
-    assert_int_equal(pre->bytes, 64 + 2 * 2 * 32 * 64 * 2);
+    assert_int_equal(pre->bytes, 64 + 2 * 2 * 32 * (64 + 2 * 4));
     model_kv_free(pre);
     model_kv_free(kv);
     model_kv_free(NULL);
@@ -877,7 +923,7 @@ int main(void) {
         cmocka_unit_test(test_step_equals_full_recompute_for_every_head_size_and_length),
         cmocka_unit_test(test_batched_step_equals_each_user_stepped_alone),
         cmocka_unit_test(test_prefill_equals_stepping_one_by_one),
-        cmocka_unit_test(test_half_conversions_round_to_nearest_even_like_the_compiler),
+        cmocka_unit_test(test_quantized_keys_round_to_nearest_and_requantize_exactly),
         cmocka_unit_test(test_portable_kernels_give_the_states_of_the_vector_ones),
         cmocka_unit_test(test_state_grows_with_its_positions_and_reads_back),
         cmocka_unit_test(test_window_positions_follow_the_rebuild_policy),

@@ -216,7 +216,9 @@ static void test_same_seed_gives_the_same_weights_and_another_seed_does_not(void
 
 /* What the trainer computes while training is what the service computes
  * from the file it writes: the user state after any span of events, by the
- * engine's full recompute, agrees within float rounding. */
+ * engine's full recompute, agrees within float rounding and the engine's
+ * 8-bit keys and values, which the trainer keeps in float (docs/MODEL.md):
+ * within 4e-4 here, held to 2e-3. */
 static void test_written_model_computes_in_the_engine_what_the_trainer_computed(void **unused) {
     dataset *d = toy_dataset(10, 23, 7);
     train_params p = tiny_params();
@@ -246,7 +248,7 @@ static void test_written_model_computes_in_the_engine_what_the_trainer_computed(
                 assert_true(tok[i - lo].item >= 0);
             }
             assert_int_equal(model_forward_full(m, rs, tok, (int)(hi - lo), h_engine, err, sizeof err), 0);
-            for (int k = 0; k < dim; k++) assert_float_equal(h_train[k], h_engine[k], 1e-4);
+            for (int k = 0; k < dim; k++) assert_float_equal(h_train[k], h_engine[k], 2e-3);
         }
     }
     model_runstate_free(rs);
