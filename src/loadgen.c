@@ -40,7 +40,8 @@ static void loadgen_on_signal(int sig) {
 
 static void loadgen_usage(void) {
     fputs("usage: copystream loadgen [-c CONF] [--catalog] [--count N | --rate EPS [--duration S]]\n"
-          "                          [--users U] [--seed S] [--start-ms T] [--quiet]\n"
+          "                          [--users U] [--seed S] [--start-ms T | --end-ms T]\n"
+          "                          [--quiet]\n"
           "  -c, --config FILE  config file (default $COPYSTREAM_CONFIG or config/copystream.conf)\n"
           "  --catalog          publish the sample catalog to topic.catalog first\n"
           "  --count N          publish N click events as fast as possible, on a simulated clock\n"
@@ -51,6 +52,7 @@ static void loadgen_usage(void) {
           "                     event ids, which the service de-duplicates\n"
           "  --start-ms T       --count's simulated clock start, epoch ms (default: so that the\n"
           "                     history ends now)\n"
+          "  --end-ms T         --count's simulated clock end instead, epoch ms (default now)\n"
           "  --quiet            no progress on stderr\n",
           stdout);
 }
@@ -74,25 +76,26 @@ static int loadgen_double(const char *s, double lo, double hi, double *out) {
 
 typedef struct {
     const char *config_path;
-    int catalog, quiet, has_start;
+    int catalog, quiet, has_start, has_end;
     int64_t count;        /* -1: not given */
     double rate;          /* 0: not given */
     double duration_s;    /* 0: until a signal */
     int64_t users;
     int64_t seed;
-    int64_t start_ms;
+    int64_t start_ms, end_ms;
 } loadgen_opts;
 
 /* Returns 0; 1 after printing the help; 2 after printing what is wrong. */
 static int loadgen_parse(int argc, char **argv, loadgen_opts *o) {
     enum { OPT_CATALOG = 256, OPT_COUNT, OPT_RATE, OPT_DURATION, OPT_USERS, OPT_SEED,
-           OPT_START, OPT_QUIET };
+           OPT_START, OPT_END, OPT_QUIET };
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},     {"catalog", no_argument, NULL, OPT_CATALOG},
         {"count", required_argument, NULL, OPT_COUNT}, {"rate", required_argument, NULL, OPT_RATE},
         {"duration", required_argument, NULL, OPT_DURATION},
         {"users", required_argument, NULL, OPT_USERS}, {"seed", required_argument, NULL, OPT_SEED},
         {"start-ms", required_argument, NULL, OPT_START},
+        {"end-ms", required_argument, NULL, OPT_END},
         {"quiet", no_argument, NULL, OPT_QUIET},       {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     *o = (loadgen_opts){.count = -1, .users = 1000, .seed = 42};
@@ -124,6 +127,10 @@ static int loadgen_parse(int argc, char **argv, loadgen_opts *o) {
             if (loadgen_int(optarg, 0, INT64_MAX / 2, &o->start_ms) < 0) bad = "--start-ms";
             o->has_start = 1;
             break;
+        case OPT_END:
+            if (loadgen_int(optarg, 0, INT64_MAX / 2, &o->end_ms) < 0) bad = "--end-ms";
+            o->has_end = 1;
+            break;
         default: fprintf(stderr, "see copystream loadgen --help\n"); return 2;
         }
     }
@@ -134,6 +141,8 @@ static int loadgen_parse(int argc, char **argv, loadgen_opts *o) {
         why = "unexpected argument";
     else if (o->count >= 0 && o->rate > 0)
         why = "--count and --rate exclude each other";
+    else if (o->has_start && o->has_end)
+        why = "--start-ms and --end-ms exclude each other";
     else if (o->duration_s > 0 && o->rate <= 0)
         why = "--duration needs --rate";
     else if (o->count < 0 && o->rate <= 0 && !o->catalog)
@@ -239,7 +248,7 @@ int loadgen_main(int argc, char **argv) {
     if (o.count > 0 && !o.has_start) {
         int64_t span;
         if (loadgen_span_ms(&o, &span, err, sizeof err) < 0) goto err;
-        start_ms = util_now_ms() - span;
+        start_ms = (o.has_end ? o.end_ms : util_now_ms()) - span;
     }
     if (!(s = synth_new((uint64_t)o.seed, (uint32_t)o.users, start_ms, err, sizeof err)))
         goto err;
