@@ -121,8 +121,9 @@ bench-beauty: $(BIN)
 
 # Thompson sampling on simulated users with known click rates: regret and the
 # share of traffic on the best variant after 5,000 impressions. No services.
+# BENCH_ARGS adds options (--compare: every candidate policy of docs/BANDIT.md).
 bench-bandit: $(BUILD)/bench/bandit
-	$(BUILD)/bench/bandit
+	$(BUILD)/bench/bandit $(BENCH_ARGS)
 
 clean:
 	rm -rf build build-asan

@@ -11,6 +11,7 @@
 #define COPYSTREAM_COMMANDS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 int run_main(int argc, char **argv);      /* the service (service.c) */
 int topics_main(int argc, char **argv);   /* create the configured topics (topics.c) */
@@ -36,5 +37,16 @@ struct codec;
 struct config *commands_load_config(const char *path);
 /* A codec for the schema directory and id table of the config. */
 struct codec *commands_codec_new(const struct config *c, char *errstr, size_t errlen);
+
+/* Option values. A whole decimal integer in [lo, hi], or a decimal number in
+ * [lo, hi], with nothing after it: 0 and *out set, or -1 and *out untouched
+ * (the caller names the option). */
+int commands_int(const char *s, int64_t lo, int64_t hi, int64_t *out);
+int commands_double(const char *s, double lo, double hi, double *out);
+/* The --event-type of a sequence file (train, eval, import): an event type
+ * that names an item -- view, click, add_to_cart, purchase or favorite, not
+ * search. Returns the event_type, or -1. */
+int commands_event_type(const char *name);
+#define COMMANDS_EVENT_TYPES "view, click, add_to_cart, purchase or favorite"
 
 #endif

@@ -3,10 +3,11 @@
  * store.c and bandit.c keep connections of their own, tuned to their
  * pipelines. The modules that talk to Redis off the hot path -- the delayed
  * triggers (trigger.c) and privacy (privacy.c) -- share this small wrapper:
- * it connects on first use and again after an error, authenticates
- * (redis.password or redis.password_file, redis.user) and selects redis.db
- * on every connection, like store.c, and never puts the password in an
- * error. One rconn is used by one thread. */
+ * it connects on first use and again after an error, each time with
+ * store_connect_config() -- so it authenticates (redis.password or
+ * redis.password_file, redis.user), selects redis.db and reports errors
+ * exactly as store.c does, never with the password. One rconn is used by one
+ * thread. */
 #ifndef COPYSTREAM_RCONN_H
 #define COPYSTREAM_RCONN_H
 
@@ -17,8 +18,9 @@
 
 typedef struct rconn rconn;
 
-/* Reads the redis.* keys (and the password file). Does not connect yet.
- * Returns NULL with errstr. */
+/* Keeps c, which must outlive the rconn, for the redis.* keys. Does not
+ * connect yet: a wrong password or password file shows at the first
+ * command. Returns NULL with errstr (memory). */
 rconn *rconn_new(const config *c, char *errstr, size_t errlen);
 void rconn_free(rconn *r);
 
@@ -42,10 +44,5 @@ redisReply *rconn_get(rconn *r, char *errstr, size_t errlen);
 
 /* Drops the connection, and with it any replies still owed. */
 void rconn_drop(rconn *r);
-
-/* The AUTH password the redis.* keys give: redis.password, or the first line
- * of redis.password_file. Returns a malloc'ed string ("" for none; the
- * caller wipes and frees it), or NULL with errstr. */
-char *rconn_password(const config *c, char *errstr, size_t errlen);
 
 #endif

@@ -1,13 +1,15 @@
-/* commands.c -- what the subcommands share: where the config comes from and
- * how a codec is built from it. */
+/* commands.c -- what the subcommands share: where the config comes from, how
+ * a codec is built from it, and the parsing of option values. */
 #include "commands.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "codec.h"
 #include "config.h"
 #include "log.h"
+#include "records.h"
 #include "util.h"
 
 const char *commands_default_config(void) {
@@ -60,4 +62,28 @@ codec *commands_codec_new(const config *c, char *errstr, size_t errlen) {
                       (size_t)config_int(c, "input.max_bytes"), errstr, errlen);
     free(ids.ids);
     return k;
+}
+
+int commands_int(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    /* errno: out of long long's range, which strtoll clamps into it */
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+int commands_double(const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
+    *out = v;
+    return 0;
+}
+
+int commands_event_type(const char *name) {
+    int t = event_type_parse(name);
+    return t == EV_SEARCH ? -1 : t; /* a search names no item */
 }

@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,7 +69,16 @@ int eval_main(int argc, char **argv) {
         case 'm': model_path = optarg; break;
         case 's': seq = optarg; break;
         case 'd': dump = optarg; break;
-        case 'r': seed = strtoull(optarg, NULL, 10); break;
+        case 'r': {
+            int64_t v;
+            if (commands_int(optarg, 0, INT64_MAX, &v) < 0) {
+                fprintf(stderr, "copystream eval: --seed %s is not a whole number from 0 to %" PRId64
+                        "\n", optarg, INT64_MAX);
+                return 2;
+            }
+            seed = (uint64_t)v;
+            break;
+        }
         case 'p':
             if (!strcmp(optarg, "test")) back = 1;
             else if (!strcmp(optarg, "valid")) back = 2;
@@ -78,9 +88,10 @@ int eval_main(int argc, char **argv) {
             }
             break;
         case 't': {
-            int ty = event_type_parse(optarg);
+            int ty = commands_event_type(optarg);
             if (ty < 0) {
-                fprintf(stderr, "copystream eval: --event-type %s is not an event type\n", optarg);
+                fprintf(stderr, "copystream eval: --event-type %s is not " COMMANDS_EVENT_TYPES "\n",
+                        optarg);
                 return 2;
             }
             type = (event_type)ty;

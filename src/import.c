@@ -374,14 +374,6 @@ static void import_usage(void) {
           stdout);
 }
 
-static int import_int(const char *s, int64_t lo, int64_t hi, int64_t *out) {
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 typedef struct {
     const char *config_path, *sequences, *attributes;
     event_type type;
@@ -416,18 +408,17 @@ static int import_parse(int argc, char **argv, import_opts *o) {
         case OPT_ATTR: o->attributes = optarg; break;
         case OPT_QUIET: o->quiet = 1; break;
         case OPT_TYPE:
-            t = event_type_parse(optarg);
-            if (t < 0 || t == EV_SEARCH) bad = "--event-type";
+            if ((t = commands_event_type(optarg)) < 0) bad = "--event-type";
             o->type = (event_type)t;
             break;
         case OPT_START:
-            if (import_int(optarg, 0, INT64_MAX / 4, &o->start_ms) < 0) bad = "--start-ms";
+            if (commands_int(optarg, 0, INT64_MAX / 4, &o->start_ms) < 0) bad = "--start-ms";
             break;
         case OPT_SPACING:
-            if (import_int(optarg, 0, 31622400, &o->spacing_s) < 0) bad = "--spacing-s";
+            if (commands_int(optarg, 0, 31622400, &o->spacing_s) < 0) bad = "--spacing-s";
             break;
         case OPT_LIMIT:
-            if (import_int(optarg, 1, INT64_MAX, &o->limit_users) < 0) bad = "--limit-users";
+            if (commands_int(optarg, 1, INT64_MAX, &o->limit_users) < 0) bad = "--limit-users";
             break;
         default: fprintf(stderr, "see copystream import --help\n"); return 2;
         }

@@ -57,23 +57,6 @@ static void loadgen_usage(void) {
           stdout);
 }
 
-/* Parses a whole decimal integer in [lo, hi]. */
-static int loadgen_int(const char *s, int64_t lo, int64_t hi, int64_t *out) {
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-static int loadgen_double(const char *s, double lo, double hi, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || *end || !(v >= lo && v <= hi)) return -1;
-    *out = v;
-    return 0;
-}
-
 typedef struct {
     const char *config_path;
     int catalog, quiet, has_start, has_end;
@@ -109,22 +92,22 @@ static int loadgen_parse(int argc, char **argv, loadgen_opts *o) {
         case OPT_CATALOG: o->catalog = 1; break;
         case OPT_QUIET: o->quiet = 1; break;
         case OPT_COUNT:
-            if (loadgen_int(optarg, 0, INT64_MAX, &o->count) < 0) bad = "--count";
+            if (commands_int(optarg, 0, INT64_MAX, &o->count) < 0) bad = "--count";
             break;
         case OPT_RATE:
-            if (loadgen_double(optarg, 1e-3, LOADGEN_MAX_RATE, &o->rate) < 0) bad = "--rate";
+            if (commands_double(optarg, 1e-3, LOADGEN_MAX_RATE, &o->rate) < 0) bad = "--rate";
             break;
         case OPT_DURATION:
-            if (loadgen_double(optarg, 1e-3, 1e9, &o->duration_s) < 0) bad = "--duration";
+            if (commands_double(optarg, 1e-3, 1e9, &o->duration_s) < 0) bad = "--duration";
             break;
         case OPT_USERS:
-            if (loadgen_int(optarg, 1, SYNTH_MAX_USERS, &o->users) < 0) bad = "--users";
+            if (commands_int(optarg, 1, SYNTH_MAX_USERS, &o->users) < 0) bad = "--users";
             break;
         case OPT_SEED:
-            if (loadgen_int(optarg, 0, INT64_MAX, &o->seed) < 0) bad = "--seed";
+            if (commands_int(optarg, 0, INT64_MAX, &o->seed) < 0) bad = "--seed";
             break;
         case OPT_START:
-            if (loadgen_int(optarg, 0, INT64_MAX / 2, &o->start_ms) < 0) bad = "--start-ms";
+            if (commands_int(optarg, 0, INT64_MAX / 2, &o->start_ms) < 0) bad = "--start-ms";
             o->has_start = 1;
             break;
         case OPT_END:

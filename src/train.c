@@ -20,7 +20,6 @@
 #define _GNU_SOURCE
 #include "train.h"
 
-#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
@@ -1140,12 +1139,7 @@ static void train_print_metrics(const char *what, const train_metrics *m) {
 
 /* Parses a number option into *out within [lo, hi]; NULL or the problem. */
 static const char *train_num(const char *s, double lo, double hi, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) return "is not a number in range";
-    *out = v;
-    return NULL;
+    return commands_double(s, lo, hi, out) < 0 ? "is not a number in range" : NULL;
 }
 
 int train_main(int argc, char **argv) {
@@ -1177,8 +1171,8 @@ int train_main(int argc, char **argv) {
         case O_SEQ: seq = optarg; break;
         case O_ATTR: attrs = optarg; break;
         case O_TYPE: {
-            int ty = event_type_parse(optarg);
-            if (ty < 0 || ty == EV_SEARCH) bad = "is not view, click, add_to_cart, purchase or favorite";
+            int ty = commands_event_type(optarg);
+            if (ty < 0) bad = "is not " COMMANDS_EVENT_TYPES;
             else type = (event_type)ty;
             break;
         }

@@ -58,6 +58,18 @@ def unframe(schema, data):
     return schema_id, fastavro.schemaless_reader(io.BytesIO(data[5:]), schema)
 
 
+def wait_for(what, predicate, timeout=90, every=0.3):
+    """Polls predicate() every `every` seconds until it returns something true, and returns
+    that; fails the test naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def h64(s):
     """util_hash(): XXH3-64 of the UTF-8 id."""
     return xxhash.xxh3_64_intdigest(s.encode())

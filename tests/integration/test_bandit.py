@@ -53,16 +53,6 @@ def send_reactions(d, reactions):
     d.flush()
 
 
-def wait_for(what, predicate, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def views(users, ts, prefix):
     return [cs.click(f"{prefix}-{u}", u, ts, "view", "item-0", "gadgets", locale="en-US")
             for u in users]
@@ -76,8 +66,8 @@ def test_users_who_prefer_a_variant_shift_traffic_to_it(env, redis_client):
         users = [f"u{i:03d}" for i in range(240)]
         p = d.start()
         d.send_clicks(views(users, T0, "r1"))
-        first = wait_for("the first round's copies",
-                         lambda: (c := d.copies()) and len(c) == len(users) and c)
+        first = cs.wait_for("the first round's copies",
+                            lambda: (c := d.copies()) and len(c) == len(users) and c)
         share_b_before = sum(c["variant_id"] == "b" for c in first) / len(first)
 
         # Users see every copy, and click variant b ten times as often as a.
@@ -100,9 +90,9 @@ def test_users_who_prefer_a_variant_shift_traffic_to_it(env, redis_client):
         sent = {v: sum(c["variant_id"] == v for c in first) for v in "ab"}
         want = {f"new.en-US.{v}.{k}": n for v in "ab" for k, n in
                 (("sent", sent[v]), ("imp", sent[v]), ("click", len(clicked[v]))) if n}
-        wait_for("the reactions in the statistics", lambda: stats(d, redis_client) == want)
+        cs.wait_for("the reactions in the statistics", lambda: stats(d, redis_client) == want)
         # The late and the unknown reaction may sit in a partition processed after the rest.
-        wait_for("the late and the unknown reaction counted", lambda: (
+        cs.wait_for("the late and the unknown reaction counted", lambda: (
             metric(port, 'copystream_reactions_attributed_total{result="late"}') == 1 and
             metric(port, 'copystream_reactions_attributed_total{result="unknown"}') == 1))
         assert metric(port, 'copystream_reactions_attributed_total{result="attributed"}') == \
@@ -111,8 +101,8 @@ def test_users_who_prefer_a_variant_shift_traffic_to_it(env, redis_client):
         # The same users come back after the service refreshed its snapshot.
         time.sleep(1.5)
         d.send_clicks(views(users, T0 + HOUR, "r2"))
-        second = wait_for("the second round's copies",
-                          lambda: (c := d.copies()) and len(c) == 2 * len(users) and c)
+        second = cs.wait_for("the second round's copies",
+                             lambda: (c := d.copies()) and len(c) == 2 * len(users) and c)
         second = [c for c in second if c["source_event_id"].startswith("r2-")]
         share_b_after = sum(c["variant_id"] == "b" for c in second) / len(second)
         assert 0.3 < share_b_before < 0.7, share_b_before

@@ -74,13 +74,6 @@ def progress(d, redis_client):
         return None
 
 
-def wait_for(what, predicate, timeout=60, every=0.1):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
-
-
 def start_load(d, seed):
     """loadgen at RATE events/s for SECONDS into d's clickstream, in the background."""
     log = open(d.env["services_dir"] / f"loadgen-{d.tag}.log", "w")
@@ -102,15 +95,15 @@ def wait_until_all_done(d, redis_client, load, procs):
             assert p.poll() is None, "the service exited:\n" + d.log(p)
         return True
 
-    wait_for("every event counted",
-             lambda: running() and progress(d, redis_client) == total, timeout=90)
+    cs.wait_for("every event counted",
+                lambda: running() and progress(d, redis_client) == total, every=0.1)
     ends = d.end_offsets("clickstream")
     topic = d.topics["clickstream"]
 
     def committed():
         c = d.committed(d.group, ("clickstream",))
         return [c[(topic, i)] for i in range(len(ends))] == ends
-    wait_for("every event committed", lambda: running() and committed(), timeout=30, every=0.5)
+    cs.wait_for("every event committed", lambda: running() and committed(), timeout=30, every=0.5)
     return total
 
 
@@ -163,8 +156,9 @@ def run_through(pair, faults, seed, guarantee):
         for k, fault in enumerate(faults):
             # Progress points, not times, so that every fault lands mid-stream however
             # fast the machine is.
-            wait_for("the load to be processed",
-                     lambda: (progress(d, rc) or 0) >= RATE * SECONDS * (k + 1) // 6)
+            cs.wait_for("the load to be processed",
+                        lambda: (progress(d, rc) or 0) >= RATE * SECONDS * (k + 1) // 6,
+                        timeout=60, every=0.1)
             assert p.poll() is None, "the service exited:\n" + d.log(p)
             assert load.poll() is None, "the load ended before the fault"
             fault()
@@ -229,12 +223,13 @@ def test_faults_one_of_three_instances_killed_the_others_take_over(env, redis_cl
         d.run(["loadgen", "--catalog", "--quiet"])
         procs = [d.start() for _ in range(3)]
         # clickstream, reactions and triggers: 3 * partitions in all, every member holding some.
-        wait_for("three members sharing the partitions",
-                 lambda: all(holdings(d, p) > 0 for p in procs) and
-                 sum(holdings(d, p) for p in procs) == 3 * partitions)
+        cs.wait_for("three members sharing the partitions",
+                    lambda: all(holdings(d, p) > 0 for p in procs) and
+                    sum(holdings(d, p) for p in procs) == 3 * partitions, timeout=60, every=0.1)
         load = start_load(d, seed=17)
-        wait_for("the load to be processed",
-                 lambda: (progress(d, redis_client) or 0) >= RATE * SECONDS // 4)
+        cs.wait_for("the load to be processed",
+                    lambda: (progress(d, redis_client) or 0) >= RATE * SECONDS // 4,
+                    timeout=60, every=0.1)
         assert load.poll() is None, "the load ended before the kill"
         victim, survivors = procs[0], procs[1:]
         before = [len(open(p.log_path).read()) for p in survivors]

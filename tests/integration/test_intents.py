@@ -40,16 +40,6 @@ def deployment(env, **extra):
     return cs.Deployment(env, **opts)
 
 
-def wait_for(what, predicate, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def by_event(copies):
     return {c["source_event_id"]: c for c in copies}
 
@@ -108,9 +98,9 @@ def test_cart_reminder_survives_a_restart_and_skips_what_was_bought(env, redis_c
         # Started again after the delay: the reminders come out of Redis.
         time.sleep(max(0.0, (now + delay_s * 1000) / 1000 - time.time()) + 0.2)
         p = d.start()
-        reminders = wait_for("the cart reminder", lambda: [
+        reminders = cs.wait_for("the cart reminder", lambda: [
             c for c in d.copies() if c["intent"] == "cart_reminder"])
-        wait_for("the due set emptied", lambda: not d.due_entries(redis_client))
+        cs.wait_for("the due set emptied", lambda: not d.due_entries(redis_client))
         time.sleep(1.5)  # dan's trigger was consumed too, and made nothing
         p.terminate()
         assert p.wait(timeout=60) == 0

@@ -22,16 +22,6 @@ CATALOG = [cs.catalog_item(f"item-{i}", {"en-US": f"Item {i}", "zh-CN": f"商品
            for i in range(6)]
 
 
-def wait_for(what, predicate, timeout=90):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def everything(d, redis_client):
     """Every key of the deployment with every byte string it holds: names,
     fields, values, members."""
@@ -88,13 +78,13 @@ def test_forget_leaves_nothing_of_the_user_and_writes_tombstones(env, redis_clie
         now = int(time.time() * 1000)
         d.send_clicks(activity(USER, now, "z") + activity(OTHER, now, "a"))
         p = d.start()
-        wait_for("both users' carts scheduled", lambda: len(d.due_entries(redis_client)) == 2)
-        copies = wait_for("copies", lambda: [c for c in d.copies() if c["user_id"] == USER])
+        cs.wait_for("both users' carts scheduled", lambda: len(d.due_entries(redis_client)) == 2)
+        copies = cs.wait_for("copies", lambda: [c for c in d.copies() if c["user_id"] == USER])
         rx = {"reaction_id": "r1", "copy_id": copies[0]["copy_id"], "user_id": USER,
               "type": "CLICK", "item_id": None, "value": None, "timestamp": now + 5000}
         d.produce("reactions", USER, cs.frame(4, d.reaction_schema, rx))
         d.flush()
-        wait_for("the reaction applied", lambda: d.user_hash(redis_client, USER).get(b"r.click"))
+        cs.wait_for("the reaction applied", lambda: d.user_hash(redis_client, USER).get(b"r.click"))
         before = mentions(d, redis_client, USER)
         # The user is in their hash, the due set, the watcher sets of the items.
         assert any(b":due:" in k for k in before) and any(b":watch:" in k for k in before)
@@ -103,7 +93,8 @@ def test_forget_leaves_nothing_of_the_user_and_writes_tombstones(env, redis_clie
         out = d.run(["forget", USER]).stdout
         assert out.startswith(f"forgot {USER}: ") and "tombstones in 2 topics" in out, out
         assert profiles in out and d.topics["copy"] in out
-        wait_for("the service's own forget", lambda: f"forget of user {USER} applied" in d.log(p))
+        cs.wait_for("the service's own forget",
+                    lambda: f"forget of user {USER} applied" in d.log(p))
 
         assert mentions(d, redis_client, USER) == []
         # Nobody else lost anything.
@@ -119,7 +110,7 @@ def test_forget_leaves_nothing_of_the_user_and_writes_tombstones(env, redis_clie
 
         # The service holds nothing of the user any more: a new event starts afresh.
         d.send_clicks([cs.click("z9", USER, now + 60_000, "view", "item-4", "gadgets")])
-        wait_for("the user's new state", lambda: d.user_hash(redis_client, USER).get(b"n.view"))
+        cs.wait_for("the user's new state", lambda: d.user_hash(redis_client, USER).get(b"n.view"))
         fresh = d.user_hash(redis_client, USER)
         assert fresh[b"n.view"] == b"1" and b"n.add_to_cart" not in fresh and b"r.click" not in fresh
         p.terminate()
@@ -136,30 +127,30 @@ def test_control_messages_forget_and_switch_consent(env, redis_client):
         now = int(time.time() * 1000)
         d.send_clicks(activity(amy, now, "m"))
         p = d.start()
-        wait_for("amy's events", lambda: d.user_hash(redis_client, amy).get(b"n.add_to_cart"))
+        cs.wait_for("amy's events", lambda: d.user_hash(redis_client, amy).get(b"n.add_to_cart"))
         d.send_control({"type": "forget", "user_id": amy})
-        wait_for("amy forgotten", lambda: not mentions(d, redis_client, amy))
+        cs.wait_for("amy forgotten", lambda: not mentions(d, redis_client, amy))
 
         def copies_of(user):
             return [c for c in d.copies() if c["user_id"] == user]
 
         d.send_clicks([cs.click("b1", bo, T0, "view", "item-1", "gadgets")])
-        wait_for("bo's first copy", lambda: len(copies_of(bo)) == 1)
+        cs.wait_for("bo's first copy", lambda: len(copies_of(bo)) == 1)
         d.send_control({"type": "opt_out", "user_id": bo})
-        wait_for("bo's opt-out", lambda: d.user_hash(redis_client, bo).get(b"ns"))
+        cs.wait_for("bo's opt-out", lambda: d.user_hash(redis_client, bo).get(b"ns"))
         d.send_clicks([cs.click("b2", bo, T0 + 1000, "view", "item-2", "gadgets")])
-        wait_for("b2 applied", lambda: d.user_hash(redis_client, bo).get(b"n.view") == b"2")
+        cs.wait_for("b2 applied", lambda: d.user_hash(redis_client, bo).get(b"n.view") == b"2")
         time.sleep(1)
         assert len(copies_of(bo)) == 1
         d.send_control({"type": "opt_in", "user_id": bo})
-        wait_for("bo's opt-in", lambda: b"ns" not in d.user_hash(redis_client, bo))
+        cs.wait_for("bo's opt-in", lambda: b"ns" not in d.user_hash(redis_client, bo))
         d.send_clicks([cs.click("b3", bo, T0 + 2000, "view", "item-3", "gadgets")])
-        wait_for("bo's copy after the opt-in", lambda: len(copies_of(bo)) == 2)
+        cs.wait_for("bo's copy after the opt-in", lambda: len(copies_of(bo)) == 2)
         assert copies_of(bo)[1]["source_event_id"] == "b3"
         # A malformed request is counted and skipped, and the service goes on.
         d.send_control({"type": "erase", "user_id": bo})
         d.send_clicks([cs.click("b4", bo, T0 + 3000, "view", "item-4", "gadgets")])
-        wait_for("b4's copy", lambda: len(copies_of(bo)) == 3)
+        cs.wait_for("b4's copy", lambda: len(copies_of(bo)) == 3)
         log = d.log(p)
         for what in (f"forget of user {amy} applied", f"opt_out of user {bo} applied",
                      f"opt_in of user {bo} applied", "type must be forget, opt_out or opt_in"):

@@ -71,15 +71,6 @@ def clicks(users, n, first=0):
                      ["view", "click"][i % 2], "lock-1", "safes") for i in range(n)]
 
 
-def wait_for(predicate, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # -- Kafka: SASL/PLAIN ----------------------------------------------------------------------------
 
 def test_service_runs_end_to_end_over_sasl_plain_and_never_shows_the_password(env, sasl):
@@ -104,7 +95,7 @@ def test_service_runs_end_to_end_over_sasl_plain_and_never_shows_the_password(en
                 return False
             return metric(page, 'copystream_copies_produced_total{locale="en-US",'
                                 'strategy="affinity"}') == 12
-        wait_for(counted, what="12 copies on /metrics:\n" + page)
+        cs.wait_for("12 copies on /metrics:\n" + page, counted, timeout=60)
         status, health = scrape(port, "/healthz")
         assert status == 200, health
         p.send_signal(signal.SIGTERM)
@@ -233,12 +224,14 @@ def test_redis_acl_user_from_a_password_file_reauthenticates_after_reconnecting(
         d.send_catalog(CATALOG)
         d.send_clicks(clicks(["u1"], 4))
         p = d.start()
-        wait_for(lambda: d.user_hash(r, "u1").get(b"n.click") == b"2", what="u1's first events")
+        cs.wait_for("u1's first events", lambda: d.user_hash(r, "u1").get(b"n.click") == b"2",
+                    timeout=60)
         killed = r.execute_command("CLIENT", "KILL", "USER", auth_redis["acl_user"])
         assert killed >= 1
         d.send_clicks(clicks(["u1", "u2"], 4, first=4))
-        wait_for(lambda: d.user_hash(r, "u2").get(b"n.click") == b"2" and
-                 d.user_hash(r, "u1").get(b"n.view") == b"4", what="events after the reconnect")
+        cs.wait_for("events after the reconnect",
+                    lambda: d.user_hash(r, "u2").get(b"n.click") == b"2" and
+                    d.user_hash(r, "u1").get(b"n.view") == b"4", timeout=60)
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0, d.log(p)
         # A batch cut off by the dropped connection runs again: a copy it had
