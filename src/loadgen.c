@@ -111,7 +111,7 @@ static int loadgen_parse(int argc, char **argv, loadgen_opts *o) {
             o->has_start = 1;
             break;
         case OPT_END:
-            if (loadgen_int(optarg, 0, INT64_MAX / 2, &o->end_ms) < 0) bad = "--end-ms";
+            if (commands_int(optarg, 0, INT64_MAX / 2, &o->end_ms) < 0) bad = "--end-ms";
             o->has_end = 1;
             break;
         default: fprintf(stderr, "see copystream loadgen --help\n"); return 2;
