@@ -56,6 +56,7 @@ static const scenario scenarios[] = {
     {"ctr_6_vs_5", {0.06, 0.05}, 2, 1, 1, 1},
     {"ctr_5_vs_5", {0.05, 0.05}, 2, 1, 1, 1},
     /* In-app or on-site copy that users engage with more. */
+    {"ctr_10_vs_12", {0.10, 0.12}, 2, 1, 1, 1},
     {"ctr_20_vs_24", {0.20, 0.24}, 2, 1, 1, 1},
     {"ctr_20_vs_24_batched_250", {0.20, 0.24}, 2, 1, 1, 250},
     {"ctr_30_vs_36", {0.30, 0.36}, 2, 1, 1, 1},
