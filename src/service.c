@@ -1283,9 +1283,11 @@ static int svc_renew_producer(svc *s) {
  * renewal (svc_recover), or stops the service when another producer took our
  * transactional id, for then we are the zombie. Takes e. */
 static void svc_txn_failed(svc *s, const char *what, rd_kafka_error_t *e) {
-    rd_kafka_resp_err_t code = rd_kafka_error_code(e);
     log_error("service", "%s: %s%s", what, rd_kafka_error_string(e),
               rd_kafka_error_is_fatal(e) ? " (fatal)" : "");
+    /* librdkafka raises fencing as a fatal error; a mere epoch bump (KIP-360)
+     * is abortable and no reason to stop. */
+    rd_kafka_resp_err_t code = RD_KAFKA_RESP_ERR_NO_ERROR;
     if (rd_kafka_error_is_fatal(e)) {
         char why[512];
         code = rd_kafka_fatal_error(s->producer, why, sizeof why);

@@ -9,6 +9,8 @@ max_watchers of them; a trigger produced twice makes one copy.
 import json
 import time
 
+import pytest
+
 import cs
 
 T0 = 1_700_000_000_000
@@ -74,10 +76,13 @@ def test_streak_purchase_and_return_trigger_their_intents(env):
         d.stop_all()
 
 
-def test_cart_reminder_survives_a_restart_and_skips_what_was_bought(env, redis_client):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_cart_reminder_survives_a_restart_and_skips_what_was_bought(env, redis_client,
+                                                                     guarantee):
     delay_s = 12
     d = deployment(env, COPYSTREAM_INTENT_CART__REMINDER_DELAY__S=delay_s,
-                   COPYSTREAM_TRIGGER_SCAN__INTERVAL__MS=200)
+                   COPYSTREAM_TRIGGER_SCAN__INTERVAL__MS=200,
+                   COPYSTREAM_PROCESSING_GUARANTEE=guarantee)
     try:
         d.send_catalog(catalog())
         now = int(time.time() * 1000)
