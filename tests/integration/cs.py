@@ -9,9 +9,12 @@ import io
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -321,6 +324,32 @@ class Deployment:
         """Entries left in the outbox index (copies awaiting deletion)."""
         keys = redis_client.scan_iter(match=f"{self.prefix}:outbox:*".encode(), count=1000)
         return sum(redis_client.zcard(k) for k in keys)
+
+
+# -- the service's HTTP endpoint ------------------------------------------------------------
+
+def free_port():
+    """A TCP port free on the loopback now, for a service's http.port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port, path="/metrics"):
+    """GET path from a service's HTTP endpoint: (status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(page, name):
+    """The value of the series `name` (labels included) on a metrics page; 0 when absent."""
+    for line in page.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 # -- user-state blobs, as documented in docs/ARCHITECTURE.md -----------------------------

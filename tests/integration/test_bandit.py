@@ -8,9 +8,7 @@ dismissed items are not promoted again and an unsubscribe stops copy.
 
 import json
 import random
-import socket
 import time
-import urllib.request
 
 import cs
 
@@ -23,18 +21,7 @@ CATALOG = [cs.catalog_item(f"item-{i}", {"en-US": f"Item {i}", "zh-CN": f"商品
            for i in range(8)]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def metric(port, series):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(series + " "):
-                return float(line.split()[-1])
-    return 0.0
 
 
 def stats(d, redis_client):
@@ -59,7 +46,7 @@ def views(users, ts, prefix):
 
 
 def test_users_who_prefer_a_variant_shift_traffic_to_it(env, redis_client):
-    port = free_port()
+    port = cs.free_port()
     d = cs.Deployment(env, COPYSTREAM_BANDIT_REFRESH__S=1, COPYSTREAM_HTTP_PORT=port)
     try:
         d.send_catalog(CATALOG)
@@ -93,9 +80,9 @@ def test_users_who_prefer_a_variant_shift_traffic_to_it(env, redis_client):
         cs.wait_for("the reactions in the statistics", lambda: stats(d, redis_client) == want)
         # The late and the unknown reaction may sit in a partition processed after the rest.
         cs.wait_for("the late and the unknown reaction counted", lambda: (
-            metric(port, 'copystream_reactions_attributed_total{result="late"}') == 1 and
-            metric(port, 'copystream_reactions_attributed_total{result="unknown"}') == 1))
-        assert metric(port, 'copystream_reactions_attributed_total{result="attributed"}') == \
+            cs.metric(cs.scrape(port)[1], 'copystream_reactions_attributed_total{result="late"}') == 1 and
+            cs.metric(cs.scrape(port)[1], 'copystream_reactions_attributed_total{result="unknown"}') == 1))
+        assert cs.metric(cs.scrape(port)[1], 'copystream_reactions_attributed_total{result="attributed"}') == \
             len(rx) - sum(len(s) for s in clicked.values())  # the retries are duplicates
 
         # The same users come back after the service refreshed its snapshot.

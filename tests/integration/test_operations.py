@@ -5,9 +5,7 @@ common sequence format.
 
 import json
 import signal
-import socket
 import time
-import urllib.request
 
 import pytest
 
@@ -16,30 +14,14 @@ import cs
 T0 = 1_700_000_000_000
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def scrape(port, path="/metrics"):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
-
-def metric(page, name):
-    for line in page.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_metrics_count_what_happened_and_sigterm_stops_cleanly(env, guarantee):
-    port = free_port()
+    port = cs.free_port()
     d = cs.Deployment(env, COPYSTREAM_HTTP_PORT=port, COPYSTREAM_COPY_MIN__INTERVAL__S=0,
                       COPYSTREAM_PROCESSING_GUARANTEE=guarantee)
     try:
@@ -55,31 +37,31 @@ def test_metrics_count_what_happened_and_sigterm_stops_cleanly(env, guarantee):
         page = ""
         while time.time() < deadline:
             try:
-                status, page = scrape(port)
+                status, page = cs.scrape(port)
             except OSError:
                 time.sleep(0.2)
                 continue
-            if metric(page, 'copystream_events_consumed_total{type="click"}') == 20 and \
+            if cs.metric(page, 'copystream_events_consumed_total{type="click"}') == 20 and \
                     'copystream_consumer_lag{' in page:
                 break
             time.sleep(0.2)
-        assert metric(page, 'copystream_events_consumed_total{type="view"}') == 20
-        assert metric(page, 'copystream_events_consumed_total{type="click"}') == 20
-        assert metric(page, 'copystream_dead_lettered_total{reason="bad-framing"}') == 1
+        assert cs.metric(page, 'copystream_events_consumed_total{type="view"}') == 20
+        assert cs.metric(page, 'copystream_events_consumed_total{type="click"}') == 20
+        assert cs.metric(page, 'copystream_dead_lettered_total{reason="bad-framing"}') == 1
         copies = len(d.read_topic("copy"))
         assert copies == 40  # every event triggers: i2 is always there to promote
-        assert metric(page, 'copystream_copies_produced_total{locale="en-US",'
+        assert cs.metric(page, 'copystream_copies_produced_total{locale="en-US",'
                             'strategy="affinity"}') == copies
-        assert metric(page, "copystream_processing_seconds_count") == 41
+        assert cs.metric(page, "copystream_processing_seconds_count") == 41
         lags = [float(line.split()[-1]) for line in page.splitlines()
                 if line.startswith("copystream_consumer_lag{")]
         assert lags and max(lags) == 0
-        status, body = scrape(port, "/healthz")
+        status, body = cs.scrape(port, "/healthz")
         assert status == 200 and body.startswith("ok")
-        committed = metric(page, 'copystream_kafka_transactions_total{result="committed"}')
+        committed = cs.metric(page, 'copystream_kafka_transactions_total{result="committed"}')
         if guarantee == "exactly_once":
             assert committed >= 1
-            assert metric(page, 'copystream_kafka_transactions_total{result="aborted"}') == 0
+            assert cs.metric(page, 'copystream_kafka_transactions_total{result="aborted"}') == 0
         else:
             assert committed == 0
 

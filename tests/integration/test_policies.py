@@ -7,9 +7,7 @@ the reason counted -- each suppressed copy counted by reason in /metrics.
 """
 
 import json
-import socket
 import time
-import urllib.request
 
 import cs
 
@@ -23,20 +21,15 @@ ITEMS = [cs.catalog_item(f"item-{i}", {"en-US": f"Item {i}", "zh-CN": f"商品 {
          for i in range(10)]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def metrics(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        out = {}
-        for line in r.read().decode().splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = float(value)
-        return out
+    """Every series on the service's metrics page: {name with labels: value}."""
+    out = {}
+    for line in cs.scrape(port)[1].splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
 
 
 def suppressed(page, reason):
@@ -69,7 +62,7 @@ def views(user, times, locale, prefix):
 
 
 def test_caps_count_per_hour_and_per_day_of_the_users_local_time(env):
-    port = free_port()
+    port = cs.free_port()
     d = cs.Deployment(env, COPYSTREAM_COPY_MIN__INTERVAL__S=0, COPYSTREAM_POLICY_MAX__PER__HOUR=2,
                       COPYSTREAM_POLICY_MAX__PER__DAY=3)
     try:
@@ -100,7 +93,7 @@ def test_caps_count_per_hour_and_per_day_of_the_users_local_time(env):
 
 
 def test_quiet_hours_hold_copy_in_the_users_night_and_put_triggers_back(env, redis_client):
-    port = free_port()
+    port = cs.free_port()
     d = cs.Deployment(env, COPYSTREAM_COPY_MIN__INTERVAL__S=0,
                       COPYSTREAM_POLICY_QUIET__HOURS="22:00-08:00")
     try:
@@ -132,7 +125,7 @@ def test_quiet_hours_hold_copy_in_the_users_night_and_put_triggers_back(env, red
 
 
 def test_an_unsubscribe_withdraws_consent(env):
-    port = free_port()
+    port = cs.free_port()
     d = cs.Deployment(env, COPYSTREAM_COPY_MIN__INTERVAL__S=0)
     try:
         d.send_catalog(ITEMS)
@@ -153,7 +146,7 @@ def test_an_unsubscribe_withdraws_consent(env):
 
 
 def test_an_item_is_not_promoted_twice_within_the_days(env):
-    port = free_port()
+    port = cs.free_port()
     d = cs.Deployment(env, COPYSTREAM_COPY_MIN__INTERVAL__S=0, COPYSTREAM_POLICY_NO__REPEAT__DAYS=2,
                       COPYSTREAM_COPY_ITEMS=3)
     try:
@@ -187,7 +180,7 @@ def test_a_missing_field_without_fallback_aborts_the_copy_with_its_reason(env, t
     templates.write_text(
         "[recommendation.zh-CN.a]\ntext = 看看{item.title|这款}，售价{item.price}\n"
         "[recommendation.en-US.a]\ntext = See {item.title|this} at {item.price}\n")
-    port = free_port()
+    port = cs.free_port()
     d = cs.Deployment(env, COPYSTREAM_COPY_MIN__INTERVAL__S=0, COPYSTREAM_COPY_TEMPLATES=templates,
                       COPYSTREAM_COPY_ITEMS=1,
                       **{f"COPYSTREAM_INTENT_{k}_ENABLED": "false"

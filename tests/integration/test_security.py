@@ -9,10 +9,7 @@ never a coincidence.
 """
 
 import signal
-import socket
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import redis
@@ -29,25 +26,9 @@ CATALOG = [
 ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def scrape(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
-
-def metric(page, name):
-    for line in page.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def assert_secret_free(text, *secrets):
@@ -76,7 +57,7 @@ def clicks(users, n, first=0):
 def test_service_runs_end_to_end_over_sasl_plain_and_never_shows_the_password(env, sasl):
     """topics, run and tail all go through the SASL listener: events in, copies out, the
     metrics count them, and the password is in no output, log line, config dump or metric."""
-    port = free_port()
+    port = cs.free_port()
     d = cs.Deployment(env, COPYSTREAM_HTTP_PORT=port, COPYSTREAM_COPY_MIN__INTERVAL__S=0,
                       **sasl_config(sasl))
     try:
@@ -90,13 +71,13 @@ def test_service_runs_end_to_end_over_sasl_plain_and_never_shows_the_password(en
         def counted():
             nonlocal page
             try:
-                _, page = scrape(port, "/metrics")
+                _, page = cs.scrape(port, "/metrics")
             except OSError:
                 return False
-            return metric(page, 'copystream_copies_produced_total{locale="en-US",'
+            return cs.metric(page, 'copystream_copies_produced_total{locale="en-US",'
                                 'strategy="affinity"}') == 12
         cs.wait_for("12 copies on /metrics:\n" + page, counted, timeout=60)
-        status, health = scrape(port, "/healthz")
+        status, health = cs.scrape(port, "/healthz")
         assert status == 200, health
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0, d.log(p)
