@@ -1258,22 +1258,32 @@ static int svc_wait_acks(svc *s, svc_flight *f) {
 
 /* Replaces a producer that hit a fatal error (an idempotence sequence gap
  * that librdkafka cannot repair). What it had not delivered belongs to
- * batches that failed and will run again, so nothing is lost. */
+ * batches that failed and will run again, so nothing is lost. The new one is
+ * made first: when it cannot be (the broker away), the old one stays, still
+ * marked fatal, so that every produce fails cleanly until a later renewal. */
 static int svc_renew_producer(svc *s) {
     char err[512];
     log_warn("service", "recreating the producer after a fatal error");
     metrics_inc(MET_KAFKA_ERR_FATAL, 1);
     rd_kafka_purge(s->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     rd_kafka_poll(s->producer, 0);
-    rd_kafka_destroy(s->producer);
-    memset(&s->dr, 0, sizeof s->dr);
-    s->txn_open = 0; /* the new producer's initialization aborts it */
-    s->producer = kafka_producer_new(s->cfg, &s->dr, s->eos ? s->txn_id : NULL, err, sizeof err);
+    /* With a transactional id, its initialization fences the old producer
+     * and aborts the transaction it left open. */
+    rd_kafka_t *fresh = kafka_producer_new(s->cfg, &s->dr, s->eos ? s->txn_id : NULL, err,
+                                           sizeof err);
     const char *outputs[] = {s->t_copy, s->t_dlq, s->t_trig};
-    if (!s->producer || kafka_producer_prepare(s->producer, outputs, 3, 10000, err, sizeof err)) {
-        log_error("service", "cannot recreate the producer: %s", err);
+    if (fresh && kafka_producer_prepare(fresh, outputs, 3, 10000, err, sizeof err) < 0) {
+        rd_kafka_destroy(fresh);
+        fresh = NULL;
+    }
+    if (!fresh) {
+        log_error("service", "cannot recreate the producer: %s (trying again later)", err);
         return -1;
     }
+    rd_kafka_destroy(s->producer);
+    memset(&s->dr, 0, sizeof s->dr); /* after the old one's last reports */
+    s->producer = fresh;
+    s->txn_open = 0;
     return 0;
 }
 
@@ -2212,8 +2222,8 @@ static void svc_scan_triggers(svc *s) {
     char err[512];
     /* Exactly once, triggers go out in a transaction of their own: they
      * leave the due sets only once it is committed, so none is lost when
-     * it is aborted and none is seen twice (librdkafka keeps a transaction
-     * that produced nothing local). */
+     * it is aborted. Beginning one is local to librdkafka; most looks find
+     * nothing due, and their empty transaction is aborted uncounted. */
     if (s->eos && (s->fenced || svc_txn_begin(s) < 0)) {
         free(owned);
         return;
@@ -2247,6 +2257,10 @@ static int svc_loop(svc *s) {
         svc_maybe_reload(s);
         svc_catalog_poll(s, 10000);
         svc_control_poll(s);
+        /* A producer that went fatal between batches, with none failing to
+         * notice it, is renewed before the trigger scan produces with it. */
+        if (s->dr.fatal && !s->fenced && !svc_in_flight(s) && svc_renew_producer(s) < 0)
+            atomic_store(&s->kafka_ok, 0);
         svc_scan_triggers(s);
         if (svc_collect(s)) {
             if (svc_process_batch(s) < 0) svc_pause(s);
