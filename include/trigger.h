@@ -115,6 +115,12 @@ long triggers_scan(triggers *t, rd_kafka_t *producer, const char *topic, int n_p
  * produced again at a later look, whatever their delivery reports say. */
 void triggers_unfire(triggers *t);
 
+/* The producer the pending triggers went out with was destroyed (renewed
+ * after a fatal error): no report of theirs will come, so they are
+ * forgotten. They stay in the due sets and are produced again at a later
+ * look, with the same ids (the user's state makes one copy of them). */
+void triggers_producer_gone(triggers *t);
+
 /* Waits up to timeout_ms for the batches still out and removes them (at
  * shutdown, so that the next owner does not produce them again). */
 void triggers_drain(triggers *t, rd_kafka_t *producer, int timeout_ms);

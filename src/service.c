@@ -1281,6 +1281,7 @@ static int svc_renew_producer(svc *s) {
         return -1;
     }
     rd_kafka_destroy(s->producer);
+    triggers_producer_gone(s->trig);
     memset(&s->dr, 0, sizeof s->dr); /* after the old one's last reports */
     s->producer = fresh;
     s->txn_open = 0;

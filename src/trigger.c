@@ -543,6 +543,14 @@ void triggers_unfire(triggers *t) {
         if (t->pending[i].scan == t->scans) t->pending[i].unfired = 1;
 }
 
+void triggers_producer_gone(triggers *t) {
+    for (size_t i = 0; i < t->n_pending; i++) {
+        trigger_due_free(t->pending[i].d, t->pending[i].n);
+        free(t->pending[i].dr);
+    }
+    t->n_pending = 0;
+}
+
 void triggers_drain(triggers *t, rd_kafka_t *producer, int timeout_ms) {
     char err[256];
     int64_t deadline = util_monotonic_us() + (int64_t)timeout_ms * 1000;
